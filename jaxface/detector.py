@@ -1,0 +1,133 @@
+"""The user-facing detector: `load_detector(path, arch=...)` -> `Detector.detect(img)`."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface import checkpoint_io, convert, inference
+from jaxface.models import SPECS, retinaface
+
+
+@dataclasses.dataclass
+class Detections:
+  """One image's faces, sorted by descending score, in input pixels."""
+  boxes: np.ndarray      # [N, 4] x1 y1 x2 y2
+  scores: np.ndarray     # [N]
+  landmarks: np.ndarray  # [N, 5, 2] left eye, right eye, nose, left / right mouth corner (image left)
+
+  def __len__(self) -> int:
+    return len(self.scores)
+
+
+def as_bgr_uint8(image: np.ndarray, name: str = 'image') -> np.ndarray:
+  """Accepts what `cv2.imread(..., IMREAD_UNCHANGED)` can return: gray `[H,W]`/`[H,W,1]`, BGR, BGRA,
+  uint8 or uint16 (scaled by 1/257); returns contiguous `[H,W,3]` uint8 BGR."""
+  image = np.asarray(image)
+  if image.dtype == np.uint16:
+    image = np.round(image / 257.0).astype(np.uint8)
+  elif image.dtype != np.uint8:
+    raise ValueError(f'{name}: expected a uint8 (or uint16) image as cv2.imread returns, got dtype {image.dtype}')
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+    raise ValueError(f'{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}')
+  if image.shape[0] < 1 or image.shape[1] < 1:
+    raise ValueError(f'{name}: empty image of shape {image.shape}')
+  if image.shape[2] == 1:
+    image = np.repeat(image, 3, axis=2)
+  elif image.shape[2] == 4:
+    image = image[:, :, :3]
+  return np.ascontiguousarray(image)
+
+
+class Detector:
+  """A RetinaFace with its weights and compiled programs.
+
+  Args:
+    arch: one of `jaxface.models.SPECS`.
+    variables: `{'params', 'batch_stats'}`.
+    bucketed: False (default) runs each image at its exact size, compiling once per size
+      (results equal the reference); True pads each side up to `inference.BUCKETS` so mixed
+      sizes share a handful of programs (see README for the measured effect on detections).
+    batch_size: images per compiled call in `detect_batch` (the last batch is padded).
+  """
+
+  def __init__(self, arch: str, variables: Any, *, bucketed: bool = False, batch_size: int = 8,
+               postprocess: inference.PostprocessConfig = inference.PostprocessConfig()):
+    self.arch = arch
+    self.model = retinaface(arch)
+    self.variables = jax.tree_util.tree_map(jnp.asarray, variables)
+    self.bucketed = bucketed
+    self.batch_size = batch_size
+    self._detect = inference.make_detect_fn(self.model, postprocess)
+    self._forward = inference.make_forward_fn(self.model)
+
+  def _input_size(self, h: int, w: int) -> tuple[int, int]:
+    if not self.bucketed:
+      return h, w
+    return inference.bucket_size(h, inference.BUCKETS), inference.bucket_size(w, inference.BUCKETS)
+
+  def detect(self, image: np.ndarray, conf_threshold: float = 0.02, nms_threshold: float | None = None) -> Detections:
+    """Faces in one `[H,W,3]` uint8 BGR image (as `cv2.imread` returns)."""
+    return self.detect_batch([image], conf_threshold, nms_threshold)[0]
+
+  def detect_batch(self, images: Sequence[np.ndarray], conf_threshold: float = 0.02,
+                   nms_threshold: float | None = None) -> list[Detections]:
+    """`detect` for many images: same-size (or same-bucket) images share compiled batches."""
+    nms_threshold = self.model.spec.nms_threshold if nms_threshold is None else nms_threshold
+    images = [as_bgr_uint8(im, f'image {i}') for i, im in enumerate(images)]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+      groups.setdefault(self._input_size(*im.shape[:2]), []).append(i)
+    results: list[Detections | None] = [None] * len(images)
+    conf = jnp.float32(conf_threshold)
+    nms = jnp.float32(nms_threshold)
+    for (h, w), idx in groups.items():
+      b = 1 if len(images) == 1 else self.batch_size
+      for start in range(0, len(idx), b):
+        chunk = idx[start:start + b]
+        batch = np.zeros((b, h, w, 3), np.uint8)
+        sizes = np.zeros((b, 2), np.int32)
+        for j, i in enumerate(chunk):
+          ih, iw = images[i].shape[:2]
+          batch[j] = inference.pad_to(images[i], h, w) if (ih, iw) != (h, w) else images[i]
+          sizes[j] = (ih, iw)
+        out = jax.device_get(self._detect(self.variables, batch, sizes, conf, nms))
+        for j, i in enumerate(chunk):
+          v = out['valid'][j]
+          results[i] = Detections(out['boxes'][j][v], out['scores'][j][v], out['landmarks'][j][v])
+    return results
+
+  def raw_outputs(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The heads for the whole image at its exact size, in the reference's prior order:
+    `(bbox deltas [A,4], class logits [A,2], landmark deltas [A,10])`."""
+    image = as_bgr_uint8(image)
+    bbox, logits, landmarks = jax.device_get(self._forward(self.variables, image[None]))
+    return bbox[0], logits[0], landmarks[0]
+
+
+def load_detector(path: str, arch: str | None = None, **kwargs) -> Detector:
+  """A `Detector` from a PyTorch checkpoint (`.pth`/`.tar`, needs `arch`) or a converted directory.
+
+  Keyword arguments go to `Detector` (`bucketed`, `batch_size`, `postprocess`).
+  """
+  if arch is not None and arch not in SPECS:
+    raise ValueError(f'unknown arch {arch!r}; valid: {", ".join(sorted(SPECS))}')
+  if os.path.isdir(path):
+    variables, meta = checkpoint_io.load_variables(path)
+    if arch is not None and arch != meta['arch']:
+      raise ValueError(f'{path} holds a {meta["arch"]} checkpoint, not {arch}')
+    if meta['arch'] not in SPECS:
+      raise ValueError(f'{path} holds a {meta["arch"]} checkpoint, which is not a detector; '
+                       f'valid: {", ".join(sorted(SPECS))}')
+    return Detector(meta['arch'], variables, **kwargs)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'no such checkpoint file or directory: {path}')
+  if arch is None:
+    raise ValueError(f'{path} is a PyTorch file: pass arch= (one of {", ".join(sorted(SPECS))})')
+  return Detector(arch, convert.convert_file(path, arch), **kwargs)

@@ -1,0 +1,144 @@
+"""RetinaFace (biubug6/Pytorch_Retinaface): backbone -> FPN -> SSH x3 -> per-level 1x1 heads.
+
+Submodules carry the reference checkpoint names (`body`, `fpn.output1`, `ssh1.conv7X7_2`,
+`ClassHead.0.conv1x1`, ...), so `jaxface.convert` maps keys by joining the Flax path with dots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxface.models.layers import Conv, ConvBN, torch_bn, upsample_nearest
+from jaxface.models.mobilenet import MobileNetV1
+from jaxface.models.resnet import ResNet50
+
+
+class FPN(nn.Module):
+  """Lateral 1x1s (`output1..3`), top-down nearest upsampling, 3x3 `merge2` then `merge1`."""
+  features: int
+  slope: float
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, c3, c4, c5):
+    block = functools.partial(ConvBN, self.features, slope=self.slope, conv=self.conv, norm=self.norm)
+    o1 = block(kernel=1, name='output1')(c3)
+    o2 = block(kernel=1, name='output2')(c4)
+    o3 = block(kernel=1, name='output3')(c5)
+    o2 = block(kernel=3, name='merge2')(o2 + upsample_nearest(o3, o2.shape[1:3]))
+    o1 = block(kernel=3, name='merge1')(o1 + upsample_nearest(o2, o1.shape[1:3]))
+    return o1, o2, o3
+
+
+class SSH(nn.Module):
+  """Context module: 3x3 (C/2) || 5x5 as two 3x3 (C/4) || 7x7 as three 3x3 (C/4), then ReLU.
+
+  The 7x7 branch starts from `conv5X5_1`'s output. The final activation is a plain ReLU
+  even when the inner ones are leaky. Note the reference's `conv7x7_3` (lower-case x).
+  """
+  features: int
+  slope: float
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, x):
+    block = functools.partial(ConvBN, conv=self.conv, norm=self.norm)
+    q = self.features // 4
+    b3 = block(self.features // 2, slope=None, name='conv3X3')(x)
+    t = block(q, slope=self.slope, name='conv5X5_1')(x)
+    b5 = block(q, slope=None, name='conv5X5_2')(t)
+    t = block(q, slope=self.slope, name='conv7X7_2')(t)
+    b7 = block(q, slope=None, name='conv7x7_3')(t)
+    return nn.relu(jnp.concatenate([b3, b5, b7], axis=-1))
+
+
+class Head(nn.Module):
+  """One 1x1 conv with bias (`conv1x1`); `[N,H,W,C] -> [N, H*W*anchors, k]` in (y, x, anchor) order."""
+  anchors: int
+  k: int
+  conv: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.anchors * self.k, 1, use_bias=True, name='conv1x1')(x)
+    return y.reshape(y.shape[0], -1, self.k)
+
+
+class Heads(nn.Module):
+  """`ClassHead` / `BboxHead` / `LandmarkHead`: one `Head` per level, named `0, 1, 2`."""
+  anchors: int
+  k: int
+  conv: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, feats):
+    return jnp.concatenate([Head(self.anchors, self.k, self.conv, name=str(i))(f) for i, f in enumerate(feats)],
+                           axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetinaFaceSpec:
+  """What distinguishes the released RetinaFace models (typed, never a ConfigDict)."""
+  backbone: str           # 'mobilenet0.25' or 'resnet50': the `body` and its checkpoint layout.
+  out_channels: int       # FPN/SSH width: 64 (mnet), 256 (R50).
+  body_slope: float       # LeakyReLU slope inside the backbone (ResNet ignores it: always ReLU).
+  neck_slope: float       # LeakyReLU slope inside FPN and SSH.
+  min_sizes: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
+  steps: tuple[int, ...] = (8, 16, 32)
+  variances: tuple[float, float] = (0.1, 0.2)
+  nms_threshold: float = 0.4  # the reference's test-time NMS IoU.
+
+
+class RetinaFace(nn.Module):
+  """Images `[N,H,W,3]` (BGR minus (104,117,123)) -> `(bbox [N,A,4], logits [N,A,2], landmarks [N,A,10])`.
+
+  A is the prior count for (H, W) (`jaxface.anchors.prior_boxes`); the order is stride 8, 16, 32
+  and `(y*W + x)*2 + a` within a level, as the reference. Logits are pre-softmax; the face score
+  is `softmax(logits)[..., 1]`.
+  """
+  spec: RetinaFaceSpec
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False):
+    spec = self.spec
+    conv = functools.partial(Conv, dtype=self.dtype)
+    norm = torch_bn(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
+    if spec.backbone == 'mobilenet0.25':
+      body = MobileNetV1(spec.body_slope, conv, norm, self.dtype, name='body')
+    elif spec.backbone == 'resnet50':
+      body = ResNet50(conv, norm, name='body')
+    else:
+      raise ValueError(f'unknown backbone {spec.backbone!r}; expected mobilenet0.25 or resnet50')
+    feats = FPN(spec.out_channels, spec.neck_slope, conv, norm, name='fpn')(*body(images.astype(self.dtype)))
+    feats = [SSH(spec.out_channels, spec.neck_slope, conv, norm, name=f'ssh{i + 1}')(f) for i, f in enumerate(feats)]
+    anchors = len(spec.min_sizes[0])
+    bbox = Heads(anchors, 4, conv, name='BboxHead')(feats)
+    logits = Heads(anchors, 2, conv, name='ClassHead')(feats)
+    landmarks = Heads(anchors, 10, conv, name='LandmarkHead')(feats)
+    out = jnp.promote_types(self.dtype, jnp.float32)  # bf16 compute still returns float32 outputs.
+    return bbox.astype(out), logits.astype(out), landmarks.astype(out)
+
+
+# The released models. FPN/SSH slope is 0.1 when out_channels <= 64, as in the reference.
+SPECS: dict[str, RetinaFaceSpec] = {
+    'retinaface_mnet': RetinaFaceSpec('mobilenet0.25', 64, body_slope=0.1, neck_slope=0.1),
+    # The first release (2019) used plain ReLU everywhere; its checkpoint needs it.
+    'retinaface_mnet_relu': RetinaFaceSpec('mobilenet0.25', 64, body_slope=0.0, neck_slope=0.0),
+    'retinaface_r50': RetinaFaceSpec('resnet50', 256, body_slope=0.0, neck_slope=0.0),
+}
+
+
+def retinaface(arch: str, **kwargs) -> RetinaFace:
+  """The model for a released architecture name; an unknown name lists the valid ones."""
+  if arch not in SPECS:
+    raise ValueError(f'unknown arch {arch!r}; valid: {", ".join(sorted(SPECS))}')
+  return RetinaFace(SPECS[arch], **kwargs)
