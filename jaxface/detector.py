@@ -88,9 +88,10 @@ class Detector:
     conf = jnp.float32(conf_threshold)
     nms = jnp.float32(nms_threshold)
     for (h, w), idx in groups.items():
-      b = 1 if len(images) == 1 else self.batch_size
-      for start in range(0, len(idx), b):
-        chunk = idx[start:start + b]
+      for start in range(0, len(idx), self.batch_size):
+        chunk = idx[start:start + self.batch_size]
+        # Pad the batch to a power of two: few programs per size, little wasted compute.
+        b = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())
         batch = np.zeros((b, h, w, 3), np.uint8)
         sizes = np.zeros((b, 2), np.int32)
         for j, i in enumerate(chunk):

@@ -49,7 +49,9 @@ def _taps(x: jax.Array, k: int, stride: int):
   p = k // 2
   _, h, w, _ = x.shape
   ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  # Materialise the padded copy: fused into the tap loop, the pad turns every load into a
+  # bounds-checked select and the loop runs ~25% slower on XLA:CPU.
+  xp = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))))
   for dy in range(k):
     for dx in range(k):
       yield dy, dx, xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]

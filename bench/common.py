@@ -1,0 +1,57 @@
+"""Side-by-side timing for the benchmarks: interleaved runs in one process, medians, ratios.
+
+This machine is shared and noisy, so absolute times drift between runs; candidates are timed
+round-robin (A, B, C, A, B, C, ...) so that a slow spell hits all of them alike, and the
+benchmarks report ratios.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / 'tests')]  # jaxface and the torch re-statement
+
+
+def shared_dir() -> Path:
+  path = Path(os.environ.get('JAXFACE_SHARED', REPO_ROOT.parent / 'shared'))
+  if not path.is_dir():
+    sys.exit(f'shared data not found at {path}: set JAXFACE_SHARED to the shared/ folder')
+  return path
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, np.ndarray]:
+  """Seconds per call of each function, timed round-robin."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t)
+  return {name: np.asarray(t) for name, t in times.items()}
+
+
+def report(times: dict[str, np.ndarray], baseline: str) -> str:
+  """A table of median / p10 / p90 milliseconds and speed-up over `baseline` (by medians)."""
+  base = np.median(times[baseline])
+  lines = [f'{"":34s} {"median ms":>10s} {"p10":>8s} {"p90":>8s} {"speed-up vs " + baseline:>24s}']
+  for name, t in times.items():
+    med = np.median(t)
+    lines.append(f'{name:34s} {med * 1e3:10.2f} {np.percentile(t, 10) * 1e3:8.2f} '
+                 f'{np.percentile(t, 90) * 1e3:8.2f} {base / med:23.2f}x')
+  return '\n'.join(lines)
+
+
+def machine() -> str:
+  import jax
+  return (f'{platform.node()} | {os.cpu_count()} cores | {platform.processor() or platform.machine()} | '
+          f'python {platform.python_version()} | jax {jax.__version__} ({jax.default_backend()})')

@@ -1,0 +1,244 @@
+"""Detect faces in images and folders; write one JSON record per image (JSON Lines).
+
+CLI:
+  python -m jaxface.detect --weights FILE_OR_DIR [--arch ARCH] [--conf 0.5] [--nms 0.4]
+      --json OUT.jsonl [--save-vis DIR] [--bucketed] IMAGES_OR_FOLDERS...
+
+A bad image (missing, unreadable, not an image) is reported on stderr by name and skipped; the
+others are still processed, and the exit status is 1 when any input failed.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from typing import Iterator, TextIO
+
+import cv2
+import numpy as np
+
+from jaxface.detector import Detections, as_bgr_uint8, load_detector
+from jaxface.models import SPECS
+from jaxface.visualize import draw_detections
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+# Images decoded per `detect_batch` call: bounds memory on big folders while still filling
+# several compiled batches of the same size.
+READ_CHUNK = 64
+
+EPILOG = f"""\
+output: --json writes JSON Lines, one object per successfully read image, in input order:
+  {{"image": PATH, "height": H, "width": W,
+   "faces": [{{"box": [x1, y1, x2, y2], "score": S, "landmarks": [[x, y] x 5]}}, ...]}}
+faces sorted by descending score; coordinates in input pixels (0.01 px), scores to 5 decimals;
+landmarks: left eye, right eye, nose, left and right mouth corner. '--json -' writes to stdout
+(the progress lines then go to stderr).
+
+inputs: files of any extension; folders contribute their own images (not sub-folders) with
+extensions {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} (any case), sorted by name. Images are
+read as stored (cv2.IMREAD_UNCHANGED: EXIF rotation is not applied); gray, BGRA and 16-bit
+images are converted to 8-bit BGR.
+
+exit status: 0 all images processed; 1 some input failed or the weights could not be loaded;
+2 bad arguments.
+"""
+
+
+class InputError(Exception):
+  """One input could not be used; the run goes on without it."""
+
+
+def find_images(inputs: list[str]) -> tuple[list[str], list[str]]:
+  """Expands folders (non-recursively) into their image files.
+
+  Returns (paths in input order without repeats, error messages for inputs that name nothing usable).
+  """
+  paths, errors, seen = [], [], set()
+  for item in inputs:
+    if os.path.isdir(item):
+      names = sorted(n for n in os.listdir(item)
+                     if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, n)))
+      if not names:
+        errors.append(f'{item}: folder holds no images ({", ".join(IMAGE_EXTENSIONS)})')
+      found = [os.path.join(item, n) for n in names]
+    elif os.path.exists(item):
+      found = [item]
+    else:
+      errors.append(f'{item}: no such file or folder')
+      found = []
+    for path in found:
+      key = os.path.realpath(path)
+      if key not in seen:
+        seen.add(key)
+        paths.append(path)
+  return paths, errors
+
+
+def read_image(path: str) -> np.ndarray:
+  """`[H,W,3]` uint8 BGR, or `InputError` saying why not.
+
+  Reads the bytes first and decodes with `cv2.imdecode(IMREAD_UNCHANGED)`, the decoder that
+  `cv2.imread` uses, so that a missing file and an undecodable one get different messages.
+  """
+  try:
+    data = np.fromfile(path, np.uint8)
+  except OSError as e:
+    raise InputError(f'{path}: cannot read: {e.strerror or e}') from None
+  if data.size == 0:
+    raise InputError(f'{path}: empty file')
+  image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+  if image is None:
+    raise InputError(f'{path}: not a readable image (corrupt, truncated or unsupported format)')
+  try:
+    return as_bgr_uint8(image, path)
+  except ValueError as e:
+    raise InputError(str(e)) from None
+
+
+def to_record(path: str, image_hw: tuple[int, int], det: Detections) -> dict:
+  """The JSON object for one image; floats rounded so files stay small and diffs stay readable."""
+  faces = [{'box': [round(float(v), 2) for v in box],
+            'score': round(float(score), 5),
+            'landmarks': [[round(float(x), 2), round(float(y), 2)] for x, y in points]}
+           for box, score, points in zip(det.boxes, det.scores, det.landmarks)]
+  return {'image': path, 'height': int(image_hw[0]), 'width': int(image_hw[1]), 'faces': faces}
+
+
+def vis_path(out_dir: str, src: str, used: set[str]) -> str:
+  """`out_dir/<basename>`, never the source itself nor a name already written in this run."""
+  stem, ext = os.path.splitext(os.path.basename(src))
+  ext = ext if ext.lower() in IMAGE_EXTENSIONS else '.png'
+  candidate, n = os.path.join(out_dir, stem + ext), 0
+  while candidate in used or (os.path.exists(candidate) and os.path.samefile(candidate, src)):
+    n += 1
+    candidate = os.path.join(out_dir, f'{stem}_vis{n if n > 1 else ""}{ext}')
+  used.add(candidate)
+  return candidate
+
+
+def _chunks(paths: list[str], size: int) -> Iterator[list[str]]:
+  for start in range(0, len(paths), size):
+    yield paths[start:start + size]
+
+
+def run(detector, paths: list[str], out: TextIO, *, conf: float, nms: float | None, vis_dir: str | None,
+        log: TextIO, err: TextIO) -> tuple[int, int, int]:
+  """Detects, writes records and pictures; returns (images done, faces found, images failed)."""
+  done = faces = failed = 0
+  used: set[str] = set()
+  for chunk in _chunks(paths, READ_CHUNK):
+    good, images = [], []
+    for path in chunk:
+      try:
+        images.append(read_image(path))
+        good.append(path)
+      except InputError as e:
+        print(f'error: {e}', file=err)
+        failed += 1
+    if not images:
+      continue
+    for path, image, det in zip(good, images, detector.detect_batch(images, conf, nms)):
+      out.write(json.dumps(to_record(path, image.shape[:2], det)) + '\n')
+      line = f'{path}: {len(det)} face{"" if len(det) == 1 else "s"}'
+      if vis_dir is not None:
+        target = vis_path(vis_dir, path, used)
+        if cv2.imwrite(target, draw_detections(image, det)):
+          line += f' -> {target}'
+        else:
+          print(f'error: {path}: could not write the visualisation {target}', file=err)
+          failed += 1
+      print(line, file=log)
+      done += 1
+      faces += len(det)
+    out.flush()
+  return done, faces, failed
+
+
+def _fraction(name: str, low_open: bool):
+  def parse(text: str) -> float:
+    value = float(text)
+    if not (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0):
+      raise argparse.ArgumentTypeError(f'{name} must be in {"(0" if low_open else "[0"}, 1], got {text}')
+    return value
+  return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='python -m jaxface.detect', description=__doc__.split('\n')[0],
+                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--weights', required=True,
+                      help='PyTorch checkpoint (.pth/.tar; needs --arch) or a converted checkpoint directory')
+  parser.add_argument('--arch', help=f'one of: {", ".join(sorted(SPECS))} (optional for a converted directory)')
+  parser.add_argument('--conf', type=_fraction('--conf', low_open=False), default=0.5,
+                      help='keep faces scoring above this (default: %(default)s)')
+  parser.add_argument('--nms', type=_fraction('--nms', low_open=True), default=None,
+                      help="NMS IoU threshold (default: the model's, 0.4 for RetinaFace)")
+  parser.add_argument('--json', required=True, metavar='OUT.jsonl',
+                      help="output file, JSON Lines (one object per image); '-' for stdout")
+  parser.add_argument('--save-vis', metavar='DIR',
+                      help='also write each image with its faces drawn to DIR (same file name)')
+  parser.add_argument('--bucketed', action='store_true',
+                      help='pad images up to a few bucket sizes so mixed sizes share compiled programs '
+                           '(faster on many sizes; detections may differ slightly)')
+  parser.add_argument('--batch-size', type=int, default=8,
+                      help='images per compiled call among images of one size (default: %(default)s)')
+  parser.add_argument('inputs', nargs='+', metavar='IMAGES_OR_FOLDERS')
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if args.arch is not None and args.arch not in SPECS:
+    parser.error(f'unknown --arch {args.arch!r}; valid: {", ".join(sorted(SPECS))}')
+  if args.batch_size < 1:
+    parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+  if not os.path.exists(args.weights):
+    print(f'error: no such checkpoint file or directory: {args.weights}', file=sys.stderr)
+    return 1
+  if not os.path.isdir(args.weights) and args.arch is None:
+    parser.error(f'{args.weights} is a PyTorch file: pass --arch (one of {", ".join(sorted(SPECS))})')
+
+  paths, errors = find_images(args.inputs)
+  for message in errors:
+    print(f'error: {message}', file=sys.stderr)
+  if not paths:
+    print('error: no images to process', file=sys.stderr)
+    return 1
+  to_stdout = args.json == '-'
+  log = sys.stderr if to_stdout else sys.stdout
+  with contextlib.ExitStack() as stack:
+    # Open the outputs before the slow model load so that a bad path fails at once.
+    try:
+      out = sys.stdout if to_stdout else stack.enter_context(open(args.json, 'w', encoding='utf-8'))
+      if args.save_vis is not None:
+        os.makedirs(args.save_vis, exist_ok=True)
+    except OSError as e:
+      print(f'error: cannot write {e.filename}: {e.strerror}', file=sys.stderr)
+      return 1
+    try:
+      detector = load_detector(args.weights, arch=args.arch, bucketed=args.bucketed, batch_size=args.batch_size)
+    except (OSError, ValueError, TypeError, EOFError) as e:
+      message = str(e) if args.weights in str(e) else f'{args.weights}: {e}'
+      print(f'error: cannot load the weights: {message}', file=sys.stderr)
+      return 1
+    start = time.perf_counter()
+    done, faces, failed = run(detector, paths, out, conf=args.conf, nms=args.nms, vis_dir=args.save_vis,
+                              log=log, err=sys.stderr)
+  failed += len(errors)
+  seconds = time.perf_counter() - start
+  summary = f'{done} image{"" if done == 1 else "s"}, {faces} face{"" if faces == 1 else "s"} in {seconds:.1f} s'
+  if not to_stdout:
+    summary += f'; wrote {args.json}'
+  print(summary, file=log)
+  if failed:
+    print(f'error: {failed} input{"" if failed == 1 else "s"} failed (named above)', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
