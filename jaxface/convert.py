@@ -96,7 +96,7 @@ def convert(state_dict: Mapping[str, Any], shapes: dict[str, Any], *, prefix: st
   src = {prefix + k: v for k, v in state_dict.items()
          if not k.endswith('num_batches_tracked') and not k.startswith(drop)}
   flat = flax.traverse_util.flatten_dict(shapes)
-  wanted = {torch_key(path[0], path[1:]): (path, leaf.shape) for path, leaf in flat.items()}
+  wanted = dict(sorted((torch_key(path[0], path[1:]), (path, leaf.shape)) for path, leaf in flat.items()))
   missing = sorted(set(wanted) - set(src))
   unexpected = sorted(set(src) - set(wanted))
   misshaped = []
@@ -104,11 +104,11 @@ def convert(state_dict: Mapping[str, Any], shapes: dict[str, Any], *, prefix: st
   for key, (path, shape) in wanted.items():
     if key not in src:
       continue
-    value = to_flax(np.asarray(src[key], np.float32), shape)
-    if value.shape != tuple(shape):
-      misshaped.append(f'{key}: file {tuple(np.asarray(src[key]).shape)}, expected {_torch_shape(shape)}')
+    value = np.asarray(src[key], np.float32)
+    if value.ndim != len(shape) or to_flax(value, shape).shape != tuple(shape):
+      misshaped.append(f'{key}: file {tuple(value.shape)}, expected {_torch_shape(shape)}')
       continue
-    out[path] = value
+    out[path] = to_flax(value, shape)
   if missing or unexpected or misshaped:
     lines = [f'{source} does not match the architecture:']
     for title, keys in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)):

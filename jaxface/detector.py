@@ -67,6 +67,11 @@ class Detector:
     self._detect = inference.make_detect_fn(self.model, postprocess)
     self._forward = inference.make_forward_fn(self.model)
 
+  @property
+  def compiled_shapes(self) -> list[tuple[int, int, int, int]]:
+    """The `[B, H, W, 3]` input shapes compiled so far, one entry per trace."""
+    return list(self._detect.traces)
+
   def _input_size(self, h: int, w: int) -> tuple[int, int]:
     if not self.bucketed:
       return h, w

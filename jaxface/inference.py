@@ -24,7 +24,7 @@ BGR_MEAN = (104.0, 117.0, 123.0)
 
 def preprocess(images: jax.Array) -> jax.Array:
   """uint8 BGR `[B,H,W,3]` -> float32 minus the reference's BGR mean (no std)."""
-  return images.astype(jnp.float32) - jnp.asarray(BGR_MEAN, jnp.float32)
+  return images.astype(jnp.float32) - jnp.asarray(BGR_MEAN, jnp.float32)[None, None, None, :]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +48,11 @@ def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, n
   scores = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
   ok = prior_ok & (scores > conf_threshold)
   k = min(cfg.pre_nms_top_k, scores.shape[0])
-  top_scores, idx = jax.lax.top_k(jnp.where(ok, scores, -1.0), k)
-  candidate = top_scores > conf_threshold
+  top_scores, idx = jax.lax.top_k(jnp.where(ok, scores, -jnp.inf), k)
+  candidate = ok[idx]
   p = priors[idx]
-  scale = jnp.concatenate([pixel_wh, pixel_wh])
-  boxes = box_coding.decode_boxes(bbox[idx], p) * scale
-  points = box_coding.decode_landmarks(landmarks[idx], p) * pixel_wh
+  boxes = box_coding.decode_boxes(bbox[idx], p) * jnp.concatenate([pixel_wh, pixel_wh])[None, :]
+  points = box_coding.decode_landmarks(landmarks[idx], p) * pixel_wh[None, None, :]
   keep, valid = nms(boxes, candidate, nms_threshold, cfg.max_detections, cfg.nms_plus_one)
   return dict(boxes=jnp.where(valid[:, None], boxes[keep], 0.0),
               scores=jnp.where(valid, top_scores[keep], 0.0),
@@ -69,9 +68,11 @@ def make_detect_fn(model: RetinaFace, cfg: PostprocessConfig = PostprocessConfig
   through the network's view of the padding.
   """
   spec = model.spec
+  traces = []  # one entry per compiled (batch, height, width): tests assert no retracing.
 
   @jax.jit
   def detect(variables, images, sizes, conf_threshold, nms_threshold):
+    traces.append(images.shape)
     _, h, w, _ = images.shape
     priors, cells = anchors.prior_grid(h, w, spec.min_sizes, spec.steps)
     bbox, logits, landmarks = model.apply(variables, preprocess(images))
@@ -81,6 +82,7 @@ def make_detect_fn(model: RetinaFace, cfg: PostprocessConfig = PostprocessConfig
                             nms_threshold=nms_threshold, pixel_wh=pixel_wh, cfg=cfg)
     return jax.vmap(lambda b, l, m, ok: one(b, l, m, prior_ok=ok))(bbox, logits, landmarks, prior_ok)
 
+  detect.traces = traces
   return detect
 
 
@@ -98,8 +100,9 @@ def bucket_size(n: int, ladder: tuple[int, ...]) -> int:
   return ladder[-1] + -(-(n - ladder[-1]) // step) * step
 
 
-# Side lengths of the bucketed mode: each step pads at most ~25%, so a folder of mixed photos
-# compiles a handful of programs. All are multiples of 32 (the coarsest prior step).
+# Side lengths of the bucketed mode: from 512 px up each step pads a side by at most ~33%, so a
+# folder of mixed photos compiles a handful of programs. All are multiples of 32 (the coarsest
+# prior step).
 BUCKETS = (128, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 2560)
 
 

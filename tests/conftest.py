@@ -4,7 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
 import pytest
+
+# Broadcasting must be spelled out ([None, :]) in jaxface: an implicit rank promotion is a bug
+# waiting for the wrong batch shape.
+jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -183,6 +183,18 @@ def keyed_files(key_lists, tmp_path_factory):
   return out
 
 
+@pytest.fixture(scope='module')
+def converted(keyed_files):
+  """(arch, format) -> convert_file of that key-list file, converted once per module."""
+  cache = {}
+
+  def get(arch, fmt):
+    if (arch, fmt) not in cache:
+      cache[(arch, fmt)] = convert_file(keyed_files[arch][1][fmt], arch)
+    return cache[(arch, fmt)]
+  return get
+
+
 def test_key_lists_are_the_documented_ones(key_lists):
   """§1.10: mnet 300 tensors (253 without num_batches_tracked), R50 456 (383), no prefix in the lists."""
   for arch, (total, real) in {'retinaface_mnet': (300, 253), 'retinaface_r50': (456, 383)}.items():
@@ -195,11 +207,11 @@ def test_key_lists_are_the_documented_ones(key_lists):
 
 @pytest.mark.parametrize('fmt', FORMATS)
 @pytest.mark.parametrize('arch', list(KEY_LISTS))
-def test_key_list_converts_completely(keyed_files, arch, fmt):
-  state, paths = keyed_files[arch]
+def test_key_list_converts_completely(keyed_files, converted, arch, fmt):
+  state, _ = keyed_files[arch]
   if arch == 'retinaface_r50':
     assert all(k.startswith('module.') for k in state)
-  variables = convert_file(paths[fmt], arch)
+  variables = converted(arch, fmt)
   assert set(variables) == {'params', 'batch_stats'}
   # Every leaf is the corresponding tensor, in Flax layout; nothing more, nothing less.
   assert_leaves_equal(variables, expected_leaves(state))
@@ -207,10 +219,10 @@ def test_key_list_converts_completely(keyed_files, arch, fmt):
   assert_same_structure(variables, detector_shapes(arch))
 
 
-def test_values_land_transposed_r50(keyed_files):
+def test_values_land_transposed_r50(keyed_files, converted):
   """Spot checks of single elements, indices chosen so any wrong axis order picks another value."""
-  state, paths = keyed_files['retinaface_r50']
-  v = convert_file(paths['legacy'], 'retinaface_r50')
+  state, _ = keyed_files['retinaface_r50']
+  v = converted('retinaface_r50', 'legacy')
   p, bs = v['params'], v['batch_stats']
   w = state['module.body.conv1.weight'].numpy()  # (O=64, I=3, kh=7, kw=7)
   assert p['body']['conv1']['kernel'].shape == (7, 7, 3, 64)
@@ -234,9 +246,9 @@ def test_values_land_transposed_r50(keyed_files):
   assert not any('num_batches_tracked' in part for path in flax.traverse_util.flatten_dict(v) for part in path)
 
 
-def test_values_land_transposed_mnet(keyed_files):
-  state, paths = keyed_files['retinaface_mnet']
-  v = convert_file(paths['zip'], 'retinaface_mnet')
+def test_values_land_transposed_mnet(keyed_files, converted):
+  state, _ = keyed_files['retinaface_mnet']
+  v = converted('retinaface_mnet', 'zip')
   p, bs = v['params'], v['batch_stats']
   w = state['body.stage1.1.0.weight'].numpy()  # depthwise (8, 1, 3, 3) -> (3, 3, 1, 8)
   assert p['body']['stage1']['1']['0']['kernel'].shape == (3, 3, 1, 8)
@@ -346,9 +358,6 @@ def test_single_misshaped_tensor(mnet_state, tmp_path, key, bad_shape, line):
   assert sections == {'mis-shaped': (1, [line])}, message
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason='jaxface bug: a conv weight of the wrong rank makes to_flax transpose fail with a '
-                          'bare "axes don\'t match array" ValueError instead of a mis-shaped report')
 def test_wrong_rank_conv_weight_is_reported_as_misshaped(mnet_state):
   state = dict(mnet_state)
   state['body.stage1.0.0.weight'] = torch.zeros(8, 27)  # a flattened (8, 3, 3, 3) conv
@@ -440,7 +449,7 @@ def test_mobilenet_pretrain_features_match_reference(pretrain):
   with torch.no_grad():
     want = [t.permute(0, 2, 3, 1).numpy() for t in model.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2)))]
   flax_model = MobileNetV1(slope=0.1, norm=torch_bn(train=False))
-  got = flax_model.apply({col: tree['body'] for col, tree in variables.items()}, jnp.asarray(x))
+  got = jax.jit(flax_model.apply)({col: tree['body'] for col, tree in variables.items()}, jnp.asarray(x))
   assert [g.shape for g in got] == [(1, 8, 8, 64), (1, 4, 4, 128), (1, 2, 2, 256)]
   assert [w.shape for w in want] == [g.shape for g in got]
   for name, g, w in zip(('C3', 'C4', 'C5'), got, want):
@@ -456,8 +465,7 @@ def test_mobilenet_pretrain_is_not_a_resnet(pretrain):
   assert not any('fc.' in k for k in sections['unexpected'][1])  # the classifier is dropped, not reported
 
 
-@pytest.mark.parametrize('fmt', FORMATS)
-def test_torchvision_resnet50_converts_into_body(tmp_path, fmt):
+def test_torchvision_resnet50_converts_into_body(tmp_path, fmt='zip'):
   model = ref.randomize_(ref.build_reference_backbone('resnet50'), seed=5, calibrate=False)
   state = model.state_dict()
   assert 'fc.weight' in state and 'layer4.2.bn3.num_batches_tracked' in state
@@ -472,7 +480,9 @@ def test_torchvision_resnet50_converts_into_body(tmp_path, fmt):
 
 
 # --------------------------------------------------------------------------------------------------
-# 4. The CLI (all invocations start together: each one pays the jax import)
+# 4. The CLI. Two real `python -m` runs, started together (each pays the jax import): the
+#    conversion, and a failing one (exit status through `sys.exit`). The other errors go through
+#    `convert.main`, the function those runs execute.
 # --------------------------------------------------------------------------------------------------
 
 
@@ -480,25 +490,17 @@ def test_torchvision_resnet50_converts_into_body(tmp_path, fmt):
 def cli(tmp_path_factory):
   src = shared_file(*RELU_2019)
   tmp = tmp_path_factory.mktemp('cli')
-  text = tmp / 'notes.txt'
-  text.write_text('this is not a checkpoint\n')
-  cases = {
-      'ok': ('retinaface_mnet_relu', src),
-      'unknown_arch': ('retinaface_mnet025', src),
-      'wrong_arch': ('retinaface_r50', src),
-      'missing_src': ('retinaface_mnet_relu', tmp / 'no_such_file.pth'),
-      'not_a_checkpoint': ('retinaface_mnet_relu', text),
-  }
+  cases = {'ok': 'retinaface_mnet_relu', 'wrong_arch': 'retinaface_r50'}
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   procs = {}
-  for name, (arch, path) in cases.items():
-    cmd = [sys.executable, '-m', 'jaxface.convert', '--arch', arch, '--src', str(path), '--out', str(tmp / name)]
+  for name, arch in cases.items():
+    cmd = [sys.executable, '-m', 'jaxface.convert', '--arch', arch, '--src', str(src), '--out', str(tmp / name)]
     procs[name] = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
   results = {}
   for name, p in procs.items():
     out, err = p.communicate(timeout=300)
-    results[name] = (p.returncode, out, err, tmp / name, cases[name][1])
+    results[name] = (p.returncode, out, err, tmp / name, src)
   return results
 
 
@@ -526,27 +528,20 @@ def test_cli_directory_equals_convert_file(cli):
   assert meta['arch'] == 'retinaface_mnet_relu'
   direct = convert_file(str(src), 'retinaface_mnet_relu')
   assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(direct)
+  flat_loaded = flax.traverse_util.flatten_dict(loaded)
   flat = flax.traverse_util.flatten_dict(direct)
   assert len(flat) == 253
   for path, want in flat.items():
-    got = flax.traverse_util.flatten_dict(loaded)[path]
+    got = flat_loaded[path]
     assert got.dtype == want.dtype and got.shape == want.shape, path
     np.testing.assert_array_equal(got, want, err_msg='/'.join(path))
 
 
-def test_cli_unknown_arch_lists_valid_names(cli):
-  rc, _, err, outdir, _ = cli['unknown_arch']
-  assert rc != 0
-  assert "retinaface_mnet025" in err
-  for name in DETECTORS + BACKBONES:
-    assert name in err
-  assert not outdir.exists()
-
-
 def test_cli_wrong_architecture_prints_the_mismatch(cli):
-  rc, _, err, outdir, src = cli['wrong_arch']
+  rc, out, err, outdir, src = cli['wrong_arch']
   assert rc != 0
-  assert str(src) in err
+  assert out == ''
+  assert f'{src} does not match the architecture:' in err
   assert 'missing key(s)' in err and 'unexpected key(s)' in err and 'mis-shaped key(s)' in err
   assert '    body.conv1.weight\n' in err
   assert '    body.stage1.0.0.weight\n' in err
@@ -554,13 +549,60 @@ def test_cli_wrong_architecture_prints_the_mismatch(cli):
   assert not outdir.exists()
 
 
-@pytest.mark.parametrize('case', ['missing_src', 'not_a_checkpoint'])
-def test_cli_bad_source_names_the_path(cli, case):
-  rc, _, err, outdir, src = cli[case]
-  assert rc != 0
+def _main(capsys, *argv) -> tuple[int, str]:
+  """`convert.main(argv)` -> (exit status, stderr); argparse errors exit through SystemExit."""
+  try:
+    rc = convert.main([str(a) for a in argv])
+  except SystemExit as e:
+    rc = e.code
+  return rc, capsys.readouterr().err
+
+
+def test_cli_unknown_arch_lists_valid_names(capsys, tmp_path):
+  rc, err = _main(capsys, '--arch', 'retinaface_mnet025', '--src', shared_file(*RELU_2019), '--out', tmp_path / 'o')
+  assert rc not in (0, None)
+  assert "'retinaface_mnet025'" in err
+  for name in DETECTORS + BACKBONES:
+    assert name in err
+  assert not (tmp_path / 'o').exists()
+
+
+def test_cli_missing_source_names_the_path(capsys, tmp_path):
+  src = tmp_path / 'no_such_file.pth'
+  rc, err = _main(capsys, '--arch', 'retinaface_mnet_relu', '--src', src, '--out', tmp_path / 'o')
+  assert rc not in (0, None)
   assert str(src) in err
-  assert 'Traceback' not in err
-  assert not outdir.exists()
+  assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize('content', [b'this is not a checkpoint\n', b''], ids=['text', 'empty'])
+def test_cli_non_checkpoint_names_the_file(capsys, tmp_path, content):
+  src = tmp_path / 'notes.txt'
+  src.write_bytes(content)
+  rc, err = _main(capsys, '--arch', 'retinaface_mnet_relu', '--src', src, '--out', tmp_path / 'o')
+  assert rc not in (0, None)
+  assert str(src) in err
+  assert not (tmp_path / 'o').exists()
+
+
+def test_cli_non_mapping_checkpoint_names_the_file(capsys, tmp_path):
+  src = save([torch.zeros(2)], tmp_path / 'list.pth', 'legacy')
+  rc, err = _main(capsys, '--arch', 'retinaface_mnet', '--src', src, '--out', tmp_path / 'o')
+  assert rc not in (0, None)
+  assert src in err and 'state dict' in err
+  assert not (tmp_path / 'o').exists()
+
+
+def test_cli_converts_a_backbone(capsys, tmp_path, pretrain):
+  path, _, variables = pretrain
+  rc = convert.main(['--arch', 'mobilenet0.25', '--src', path, '--out', str(tmp_path / 'bb')])
+  assert rc == 0
+  loaded, meta = checkpoint_io.load_variables(str(tmp_path / 'bb'))
+  assert meta == {'arch': 'mobilenet0.25', 'source': path}
+  assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(variables)
+  want = flax.traverse_util.flatten_dict(variables)
+  for p, g in flax.traverse_util.flatten_dict(loaded).items():
+    np.testing.assert_array_equal(g, want[p], err_msg='/'.join(p))
 
 
 # --------------------------------------------------------------------------------------------------

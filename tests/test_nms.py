@@ -21,6 +21,7 @@ from jaxface.nms import iou_one_to_many, nms
 K = 48  # boxes per random set: one compiled program for every seed and threshold.
 
 _nms = jax.jit(nms, static_argnames=('max_output', 'plus_one'))
+_iou = jax.jit(iou_one_to_many, static_argnames='plus_one')
 
 
 @pytest.fixture(scope='module')
@@ -142,8 +143,8 @@ def test_plus_one_versus_plain_iou_hand_example(ref):
   #          -> IoU 66 / 176 = 0.375.
   # At threshold 0.35 only the +1 convention suppresses B.
   boxes = jnp.asarray([[0, 0, 10, 10], [5, 0, 15, 10]], jnp.float32)
-  np.testing.assert_allclose(iou_one_to_many(boxes[0], boxes, plus_one=False), [1.0, 1 / 3], rtol=1e-6)
-  np.testing.assert_allclose(iou_one_to_many(boxes[0], boxes, plus_one=True), [1.0, 0.375], rtol=1e-6)
+  np.testing.assert_allclose(_iou(boxes[0], boxes, plus_one=False), [1.0, 1 / 3], rtol=1e-6)
+  np.testing.assert_allclose(_iou(boxes[0], boxes, plus_one=True), [1.0, 0.375], rtol=1e-6)
   both = jnp.ones((2,), bool)
   _, valid = _nms(boxes, both, 0.35, max_output=2, plus_one=True)
   assert np.asarray(valid).tolist() == [True, False]
@@ -160,7 +161,7 @@ def test_iou_equal_to_threshold_is_kept(plus_one):
   # 50 / 100 is exact in float32, so "suppress when IoU > thr" keeps B at thr = 0.5 exactly.
   e = 9 if plus_one else 10
   boxes = jnp.asarray([[0, 0, e, e], [0, 0, e, 4 if plus_one else 5]], jnp.float32)
-  assert float(iou_one_to_many(boxes[0], boxes, plus_one)[1]) == 0.5
+  assert float(_iou(boxes[0], boxes, plus_one=plus_one)[1]) == 0.5
   both = jnp.ones((2,), bool)
   assert np.asarray(_nms(boxes, both, 0.5, max_output=2, plus_one=plus_one)[1]).tolist() == [True, True]
   assert np.asarray(_nms(boxes, both, 0.49, max_output=2, plus_one=plus_one)[1]).tolist() == [True, False]
@@ -197,7 +198,7 @@ def test_degenerate_zero_area_boxes_plain_iou():
       [7, 7, 7, 7],      # 4: a point -> kept
       [20, 20, 30, 30],  # 5: isolated normal box -> kept
   ], jnp.float32)
-  iou = np.asarray(iou_one_to_many(boxes[1], boxes, plus_one=False))
+  iou = np.asarray(_iou(boxes[1], boxes, plus_one=False))
   assert iou[0] == 0 and np.isnan(iou[2]) and np.isnan(iou[4]) and iou[5] == 0
   keep, valid = _nms(boxes, jnp.ones((6,), bool), 0.4, max_output=6, plus_one=False)
   n = int(np.asarray(valid).sum())
@@ -218,7 +219,7 @@ W, H = 200.0, 100.0  # pixel_wh
 PRIORS = np.asarray([[0.1, 0.25, 0.1, 0.2], [0.3, 0.25, 0.1, 0.2], [0.5, 0.25, 0.1, 0.2], [0.7, 0.25, 0.1, 0.2],
                      [0.9, 0.25, 0.1, 0.2], [0.1, 0.75, 0.1, 0.2], [0.3, 0.75, 0.1, 0.2], [0.5, 0.75, 0.1, 0.2]],
                     np.float32)
-# Face probabilities; prior 3 has logits (0, 0) -> softmax exactly 0.5; prior 5 (0.99) is masked out.
+# Face probabilities; prior 3 has equal logits -> softmax exactly 0.5; prior 5 (0.99) is masked out.
 PROBS = [0.9, 0.3, 0.95, 0.5, 0.7, 0.99, 0.1, 0.8]
 PRIOR_OK = np.asarray([True] * 5 + [False] + [True] * 2)
 
@@ -255,10 +256,10 @@ def _postprocess(pre_nms_top_k, max_detections):
   return jax.jit(functools.partial(inference.postprocess_one, cfg=cfg))
 
 
-def _detect(conf, pre_nms_top_k=8, max_detections=8, bbox=None, prior_ok=PRIOR_OK):
-  b, logits, landmarks = _head_outputs()
+def _detect(conf, pre_nms_top_k=8, max_detections=8, prior_ok=PRIOR_OK):
+  bbox, logits, landmarks = _head_outputs()
   out = _postprocess(pre_nms_top_k, max_detections)(
-      b if bbox is None else bbox, logits, landmarks, PRIORS, prior_ok, conf, 0.4, np.asarray([W, H], np.float32))
+      bbox, logits, landmarks, PRIORS, prior_ok, conf, 0.4, np.asarray([W, H], np.float32))
   return {k: np.asarray(v) for k, v in out.items()}
 
 

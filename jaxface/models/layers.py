@@ -79,11 +79,13 @@ class Conv(nn.Module):
     if k == 1 and s == 1:
       y = jnp.dot(x, kernel[0, 0])
     elif _on_cpu() and x.shape[-1] <= 4:
-      y = sum(t[..., c:c + 1] * kernel[dy, dx, c] for dy, dx, t in _taps(x, k, s) for c in range(x.shape[-1]))
+      y = sum(t[..., c:c + 1] * kernel[dy, dx, c][None, None, None, :]
+              for dy, dx, t in _taps(x, k, s) for c in range(x.shape[-1]))
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (s, s), pad_same(k), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+      bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)[None, None, None, :]
     return y
 
 
@@ -105,7 +107,7 @@ class DepthwiseConv3x3(nn.Module):
     if not _on_cpu():
       return jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), pad_same(3),
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
-    return sum(t * kernel[dy, dx, 0] for dy, dx, t in _taps(x, 3, self.stride))
+    return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in _taps(x, 3, self.stride))
 
 
 class ConvBN(nn.Module):
