@@ -34,6 +34,20 @@ class PostprocessConfig:
   nms_plus_one: bool = True    # py_cpu_nms's +1 pixel IoU; False for plain IoU.
 
 
+def select_candidates(scores: jax.Array, ok: jax.Array, k: int) -> jax.Array:
+  """`[K]` indices holding every `ok` prior when there are at most K of them (in prior order,
+  padded with non-`ok` ones), else the K best-scoring: the reference's top_k.
+
+  The usual case is a linear-time compaction; the top-k (a sort of all A priors, the
+  post-processing's largest cost on CPU) runs only when more than K priors pass.
+  """
+  if k >= scores.shape[0]:
+    return jnp.arange(scores.shape[0])
+  return jax.lax.cond(jnp.sum(ok) <= k,
+                      lambda: jnp.nonzero(ok, size=k, fill_value=0)[0].astype(jnp.int32),
+                      lambda: jax.lax.top_k(jnp.where(ok, scores, -jnp.inf), k)[1].astype(jnp.int32))
+
+
 def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, nms_threshold, pixel_wh,
                     cfg: PostprocessConfig):
   """One image's head outputs -> fixed-size detections in pixels.
@@ -47,17 +61,29 @@ def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, n
   """
   scores = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
   ok = prior_ok & (scores > conf_threshold)
-  k = min(cfg.pre_nms_top_k, scores.shape[0])
-  top_scores, idx = jax.lax.top_k(jnp.where(ok, scores, -jnp.inf), k)
-  candidate = ok[idx]
-  p = priors[idx]
-  boxes = box_coding.decode_boxes(bbox[idx], p) * jnp.concatenate([pixel_wh, pixel_wh])[None, :]
-  points = box_coding.decode_landmarks(landmarks[idx], p) * pixel_wh[None, None, :]
-  keep, valid = nms(boxes, candidate, nms_threshold, cfg.max_detections, cfg.nms_plus_one)
-  return dict(boxes=jnp.where(valid[:, None], boxes[keep], 0.0),
-              scores=jnp.where(valid, top_scores[keep], 0.0),
-              landmarks=jnp.where(valid[:, None, None], points[keep], 0.0),
-              valid=valid)
+
+  def over(k):
+    """Decode and NMS over K candidate rows. NMS costs O(K) per kept face, so a small image
+    (few candidates) takes a small-K branch; all branches give the same result."""
+    def run():
+      idx = select_candidates(scores, ok, k)
+      p = priors[idx]
+      boxes = box_coding.decode_boxes(bbox[idx], p) * jnp.concatenate([pixel_wh, pixel_wh])[None, :]
+      points = box_coding.decode_landmarks(landmarks[idx], p) * pixel_wh[None, None, :]
+      keep, valid = nms(boxes, scores[idx], ok[idx], nms_threshold, cfg.max_detections, cfg.nms_plus_one)
+      return (jnp.where(valid[:, None], boxes[keep], 0.0), jnp.where(valid, scores[idx][keep], 0.0),
+              jnp.where(valid[:, None, None], points[keep], 0.0), valid)
+    return run
+
+  top = min(cfg.pre_nms_top_k, scores.shape[0])
+  tiers = sorted({t for t in NMS_TIERS if t < top} | {top})
+  branch = jnp.minimum(jnp.searchsorted(jnp.asarray(tiers), jnp.sum(ok)), len(tiers) - 1)
+  boxes, kept_scores, points, valid = jax.lax.switch(branch, [over(k) for k in tiers])
+  return dict(boxes=boxes, scores=kept_scores, landmarks=points, valid=valid)
+
+
+# Candidate-count tiers of the post-processing (the last is `pre_nms_top_k`).
+NMS_TIERS = (512, 2048)
 
 
 def make_detect_fn(model: RetinaFace, cfg: PostprocessConfig = PostprocessConfig()) -> Callable[..., Any]:

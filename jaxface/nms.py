@@ -20,20 +20,23 @@ def iou_one_to_many(box: jax.Array, boxes: jax.Array, plus_one: bool) -> jax.Arr
   return inter / (area(box) + area(boxes) - inter)
 
 
-def nms(boxes: jax.Array, candidate: jax.Array, iou_threshold: jax.Array | float, max_output: int,
-        plus_one: bool = True) -> tuple[jax.Array, jax.Array]:
-  """Greedy NMS over `K` candidates sorted by descending score.
+def nms(boxes: jax.Array, scores: jax.Array, candidate: jax.Array, iou_threshold: jax.Array | float,
+        max_output: int, plus_one: bool = True) -> tuple[jax.Array, jax.Array]:
+  """Greedy NMS over `K` rows in any order.
+
+  Each step keeps the best-scoring row still alive and removes the rows it suppresses, so the
+  input needs no sorting and the loop runs once per kept box, not once per candidate.
 
   Args:
-    boxes: `[K, 4]` xyxy, sorted by descending score (the row order is the greedy order).
+    boxes: `[K, 4]` xyxy.
+    scores: `[K]`; equal scores are taken in row order.
     candidate: `[K]` bool, which rows take part (the others are never kept).
     iou_threshold: suppress a box whose IoU with a kept box is > this.
     max_output: M, the static number of output slots.
     plus_one: the reference's +1 pixel convention.
 
   Returns:
-    `keep [M]` int32 indices into the K rows in keep order (descending score), and `valid [M]` bool.
-    The loop runs once per kept box (not per candidate) and stops when no candidate is left.
+    `keep [M]` int32 row indices in keep order (descending score) and `valid [M]` bool, a prefix.
   """
   k = boxes.shape[0]
   iota = jnp.arange(k)
@@ -44,7 +47,7 @@ def nms(boxes: jax.Array, candidate: jax.Array, iou_threshold: jax.Array | float
 
   def body(state):
     i, keep, alive = state
-    j = jnp.argmax(alive)  # first alive row = highest remaining score
+    j = jnp.argmax(jnp.where(alive, scores, -jnp.inf))
     keep = keep.at[i].set(j)
     suppressed = iou_one_to_many(boxes[j], boxes, plus_one) > iou_threshold
     alive = alive & ~suppressed & (iota != j)

@@ -20,7 +20,10 @@ from jaxface.nms import iou_one_to_many, nms
 
 K = 48  # boxes per random set: one compiled program for every seed and threshold.
 
-_nms = jax.jit(nms, static_argnames=('max_output', 'plus_one'))
+@functools.partial(jax.jit, static_argnames=('max_output', 'plus_one'))
+def _nms(boxes, candidate, thr, max_output, plus_one=True):
+  """NMS on rows already sorted by descending score (scores = -row index)."""
+  return nms(boxes, -jnp.arange(boxes.shape[0], dtype=jnp.float32), candidate, thr, max_output, plus_one)
 _iou = jax.jit(iou_one_to_many, static_argnames='plus_one')
 
 
@@ -175,7 +178,7 @@ def test_traced_threshold_does_not_retrace():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def run(b, c, thr):
-    return nms(b, c, thr, max_output=K)
+    return nms(b, -jnp.arange(b.shape[0], dtype=jnp.float32), c, thr, max_output=K)
 
   counts = []
   for thr in (0.1, 0.3, 0.5, 0.7, 0.9):
@@ -322,3 +325,64 @@ def test_postprocess_nms_suppresses_lower_duplicate():
   assert int(out['valid'].sum()) == 4
   np.testing.assert_allclose(out['scores'][:4], [0.95, 0.9, 0.85, 0.7], atol=1e-6)
   np.testing.assert_allclose(out['boxes'][:4], [BOX[2], BOX[0], BOX[7], BOX[4]], atol=1e-4)
+
+
+def test_unsorted_rows_give_the_same_keep_set(ref):
+  """`nms` picks by score, so shuffling the rows changes only the indices, not what is kept."""
+  for seed in range(10):
+    boxes, scores, candidate = _clustered_boxes(seed, integer=False)
+    want = _run_sorted(boxes, scores, candidate, 0.4, max_output=len(boxes))
+    perm = np.random.default_rng(seed).permutation(len(boxes))
+    keep, valid = nms(jnp.asarray(boxes[perm]), jnp.asarray(scores[perm]), jnp.asarray(candidate[perm]), 0.4,
+                      max_output=len(boxes))
+    got = [int(perm[i]) for i in np.asarray(keep)[np.asarray(valid)]]
+    assert got == want
+
+
+def test_select_candidates_compacts_or_falls_back_to_top_k():
+  scores = jnp.asarray([0.1, 0.9, 0.3, 0.8, 0.05, 0.7, 0.6, 0.2])
+  # 3 priors pass, K=4: all of them, in prior order, padded with a non-passing row.
+  ok = scores > 0.65
+  idx = np.asarray(inference.select_candidates(scores, ok, 4))
+  assert idx[:3].tolist() == [1, 3, 5] and not np.asarray(ok)[idx[3]]
+  # 6 priors pass, K=4: the four best, as the reference's top_k.
+  ok = scores > 0.15
+  idx = np.asarray(jax.jit(inference.select_candidates, static_argnums=2)(scores, ok, 4))
+  assert sorted(idx.tolist()) == [1, 3, 5, 6]
+  # K >= A: every prior.
+  assert np.asarray(inference.select_candidates(scores, ok, 8)).tolist() == list(range(8))
+
+
+@pytest.mark.parametrize('conf, top_k', [(0.3, 5000), (0.05, 5000), (0.3, 1000)],
+                         ids=['2048-tier', '5000-tier', 'top-k-fallback'])
+def test_postprocess_tiers_match_reference(ref, conf, top_k):
+  """Enough candidates to reach every NMS tier (512 / 2048 / pre_nms_top_k) and the top-k path
+  (more candidates than pre_nms_top_k), against the reference decode + sort + py_cpu_nms."""
+  rng = np.random.default_rng(0)
+  h, w = 160, 320  # 2 * (20*40 + 10*20 + 5*10) = 2100 priors
+  priors = ref.prior_box(h, w)
+  a = len(priors)
+  logits = np.stack([np.zeros(a), rng.normal(0, 2, a)], -1).astype(np.float32)
+  bbox = rng.normal(0, 1, (a, 4)).astype(np.float32)
+  lm = rng.normal(0, 1, (a, 10)).astype(np.float32)
+  tiled = lambda x: np.concatenate([x, x, x])  # 6300 priors: some boxes repeat, scores do not
+  priors3 = np.concatenate([priors, priors, priors])
+  shift = np.array([0.0, 1e-3], np.float32)  # the face column only: a softmax ignores common shifts
+  logits3 = np.concatenate([logits, logits + shift, logits - shift])
+  scores = np.exp(logits3[:, 1]) / (1 + np.exp(logits3[:, 1]))
+  cfg = inference.PostprocessConfig(pre_nms_top_k=top_k, max_detections=6300)
+  out = jax.jit(functools.partial(inference.postprocess_one, cfg=cfg))(
+      jnp.asarray(tiled(bbox)), jnp.asarray(logits3), jnp.asarray(tiled(lm)), jnp.asarray(priors3),
+      jnp.ones(3 * a, bool), jnp.float32(conf), jnp.float32(0.4), jnp.asarray([w, h], jnp.float32))
+  valid = np.asarray(out['valid'])
+  # Reference: threshold, sort descending, top_k, py_cpu_nms, on pixel boxes.
+  boxes = np.asarray(ref.decode(bbox, priors)) * np.array([w, h, w, h], np.float32)
+  boxes = np.concatenate([boxes, boxes, boxes])
+  inds = np.where(scores > conf)[0]
+  assert len(inds) > {5000: 2048, 1000: 1000}[top_k], 'the case must reach its tier'
+  order = inds[np.argsort(-scores[inds], kind='stable')][:top_k]
+  dets = np.hstack([boxes[order], scores[order, None]]).astype(np.float32)
+  keep = ref.py_cpu_nms(dets, 0.4)
+  assert int(valid.sum()) == len(keep)
+  np.testing.assert_allclose(np.asarray(out['scores'])[valid], scores[order][keep], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out['boxes'])[valid], boxes[order][keep], atol=1e-3)
