@@ -34,56 +34,79 @@ class PostprocessConfig:
   nms_plus_one: bool = True    # py_cpu_nms's +1 pixel IoU; False for plain IoU.
 
 
-def select_candidates(scores: jax.Array, ok: jax.Array, k: int) -> jax.Array:
-  """`[K]` indices holding every `ok` prior when there are at most K of them (in prior order,
-  padded with non-`ok` ones), else the K best-scoring: the reference's top_k.
+def select_candidates(scores: jax.Array, ok: jax.Array, k: int, use_top_k: jax.Array | None = None) -> jax.Array:
+  """`[K]` indices into one image's `[A]` priors that hold every `ok` prior when there are at most
+  K of them (in prior order, padded with non-`ok` rows), else the K best-scoring ones: the
+  reference's top_k.
 
-  The usual case is a linear-time compaction; the top-k (a sort of all A priors, the
-  post-processing's largest cost on CPU) runs only when more than K priors pass.
+  The usual case is a linear-time compaction; the top-k (a sort, the post-processing's largest
+  cost on CPU) runs only when `use_top_k` (default: more than K priors pass). Pass `use_top_k`
+  unbatched under `vmap`, or the `cond` becomes a select that runs both.
   """
   if k >= scores.shape[0]:
     return jnp.arange(scores.shape[0])
-  return jax.lax.cond(jnp.sum(ok) <= k,
-                      lambda: jnp.nonzero(ok, size=k, fill_value=0)[0].astype(jnp.int32),
-                      lambda: jax.lax.top_k(jnp.where(ok, scores, -jnp.inf), k)[1].astype(jnp.int32))
+  if use_top_k is None:
+    use_top_k = jnp.sum(ok) > k
+  return jax.lax.cond(use_top_k,
+                      lambda: jax.lax.top_k(jnp.where(ok, scores, -jnp.inf), k)[1].astype(jnp.int32),
+                      lambda: jnp.nonzero(ok, size=k, fill_value=0)[0].astype(jnp.int32))
 
 
-def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, nms_threshold, pixel_wh,
-                    cfg: PostprocessConfig):
-  """One image's head outputs -> fixed-size detections in pixels.
-
-  Args:
-    bbox `[A,4]`, logits `[A,2]`, landmarks `[A,10]`: head outputs.
-    priors `[A,4]`: normalised by the network input size; prior_ok `[A]` bool: priors that exist.
-    pixel_wh `[2]`: the network input (W, H) in pixels.
-  Returns:
-    dict of boxes `[M,4]` xyxy, scores `[M]`, landmarks `[M,5,2]`, valid `[M]`; rows in descending score.
-  """
-  scores = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
-  ok = prior_ok & (scores > conf_threshold)
-
-  def over(k):
-    """Decode and NMS over K candidate rows. NMS costs O(K) per kept face, so a small image
-    (few candidates) takes a small-K branch; all branches give the same result."""
-    def run():
-      idx = select_candidates(scores, ok, k)
-      p = priors[idx]
-      boxes = box_coding.decode_boxes(bbox[idx], p) * jnp.concatenate([pixel_wh, pixel_wh])[None, :]
-      points = box_coding.decode_landmarks(landmarks[idx], p) * pixel_wh[None, None, :]
-      keep, valid = nms(boxes, scores[idx], ok[idx], nms_threshold, cfg.max_detections, cfg.nms_plus_one)
-      return (jnp.where(valid[:, None], boxes[keep], 0.0), jnp.where(valid, scores[idx][keep], 0.0),
-              jnp.where(valid[:, None, None], points[keep], 0.0), valid)
-    return run
-
-  top = min(cfg.pre_nms_top_k, scores.shape[0])
-  tiers = sorted({t for t in NMS_TIERS if t < top} | {top})
-  branch = jnp.minimum(jnp.searchsorted(jnp.asarray(tiers), jnp.sum(ok)), len(tiers) - 1)
-  boxes, kept_scores, points, valid = jax.lax.switch(branch, [over(k) for k in tiers])
-  return dict(boxes=boxes, scores=kept_scores, landmarks=points, valid=valid)
+def detections_one(idx, scores, ok, bbox, landmarks, priors, nms_threshold, pixel_wh, cfg: PostprocessConfig):
+  """One image: decode the candidate rows `idx [K]` and run NMS -> fixed-size detections in pixels."""
+  p = priors[idx]
+  boxes = box_coding.decode_boxes(bbox[idx], p) * jnp.concatenate([pixel_wh, pixel_wh])[None, :]
+  points = box_coding.decode_landmarks(landmarks[idx], p) * pixel_wh[None, None, :]
+  keep, valid = nms(boxes, scores[idx], ok[idx], nms_threshold, cfg.max_detections, cfg.nms_plus_one)
+  return dict(boxes=jnp.where(valid[:, None], boxes[keep], 0.0),
+              scores=jnp.where(valid, scores[idx][keep], 0.0),
+              landmarks=jnp.where(valid[:, None, None], points[keep], 0.0),
+              valid=valid)
 
 
 # Candidate-count tiers of the post-processing (the last is `pre_nms_top_k`).
 NMS_TIERS = (512, 2048)
+
+
+def postprocess(bbox, logits, landmarks, priors, prior_ok, conf_threshold, nms_threshold, pixel_wh,
+                cfg: PostprocessConfig):
+  """A batch of head outputs -> fixed-size detections in pixels.
+
+  Args:
+    bbox `[B,A,4]`, logits `[B,A,2]`, landmarks `[B,A,10]`: head outputs.
+    priors `[A,4]`: normalised by the network input size; prior_ok `[B,A]` bool: priors that exist.
+    pixel_wh `[2]`: the network input (W, H) in pixels.
+  Returns:
+    dict of boxes `[B,M,4]` xyxy, scores `[B,M]`, landmarks `[B,M,5,2]`, valid `[B,M]`; rows in
+    descending score.
+
+  NMS costs O(K) per kept face over K candidate rows, so the batch takes the smallest tier of
+  K that holds its busiest image's candidates; every tier gives the same result. The tier and
+  the top-k fallback are decided once per batch, outside `vmap`, so only one branch runs.
+  """
+  scores = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]  # [B, A]
+  ok = prior_ok & (scores > conf_threshold)
+  most = jnp.max(jnp.sum(ok, axis=-1))
+  top = min(cfg.pre_nms_top_k, scores.shape[-1])
+  tiers = sorted({t for t in NMS_TIERS if t < top} | {top})
+
+  def over(k):
+    def run():
+      idx = jax.vmap(lambda s, o: select_candidates(s, o, k, most > k))(scores, ok)
+      one = functools.partial(detections_one, priors=priors, nms_threshold=nms_threshold, pixel_wh=pixel_wh, cfg=cfg)
+      return jax.vmap(one)(idx, scores, ok, bbox, landmarks)
+    return run
+
+  branch = jnp.minimum(jnp.searchsorted(jnp.asarray(tiers), most), len(tiers) - 1)
+  return jax.lax.switch(branch, [over(k) for k in tiers])
+
+
+def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, nms_threshold, pixel_wh,
+                    cfg: PostprocessConfig):
+  """`postprocess` for one image's unbatched outputs (`[A,4]`, `[A,2]`, `[A,10]`, prior_ok `[A]`)."""
+  out = postprocess(bbox[None], logits[None], landmarks[None], priors, prior_ok[None], conf_threshold,
+                    nms_threshold, pixel_wh, cfg)
+  return jax.tree_util.tree_map(lambda a: a[0], out)
 
 
 def make_detect_fn(model: RetinaFace, cfg: PostprocessConfig = PostprocessConfig()) -> Callable[..., Any]:
@@ -103,10 +126,8 @@ def make_detect_fn(model: RetinaFace, cfg: PostprocessConfig = PostprocessConfig
     priors, cells = anchors.prior_grid(h, w, spec.min_sizes, spec.steps)
     bbox, logits, landmarks = model.apply(variables, preprocess(images))
     prior_ok = jax.vmap(lambda s: anchors.valid_priors(cells, s[0], s[1]))(sizes)  # [B, A]
-    pixel_wh = jnp.asarray([w, h], jnp.float32)
-    one = functools.partial(postprocess_one, priors=jnp.asarray(priors), conf_threshold=conf_threshold,
-                            nms_threshold=nms_threshold, pixel_wh=pixel_wh, cfg=cfg)
-    return jax.vmap(lambda b, l, m, ok: one(b, l, m, prior_ok=ok))(bbox, logits, landmarks, prior_ok)
+    return postprocess(bbox, logits, landmarks, jnp.asarray(priors), prior_ok, conf_threshold, nms_threshold,
+                       jnp.asarray([w, h], jnp.float32), cfg)
 
   detect.traces = traces
   return detect

@@ -57,13 +57,20 @@ def _taps(x: jax.Array, k: int, stride: int):
       yield dy, dx, xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
 
 
+# Convs this small (input channels, and taps = k*k*input channels) are cheaper on XLA:CPU as
+# fused multiply-adds than as a library convolution or matrix product (bench/bench_layers.py).
+MAX_FMA_CHANNELS = 8
+MAX_FMA_TAPS = 27
+
+
 class Conv(nn.Module):
   """`nn.Conv2d(padding=k//2)`: symmetric padding, kernel `[k, k, I, O]` (Flax's layout).
 
   The arithmetic is the same everywhere; the lowering is chosen per shape for XLA:CPU, where
   the generic convolution is slow for a few shapes (measured in `bench/bench_layers.py`):
-  a 1x1 conv is a matrix product, and a conv over <= 4 input channels (the stem) is a sum of
-  k*k*I broadcast multiply-adds that XLA fuses into one loop.
+  a conv with few taps (k*k*I <= 27 and I <= 8: the 3x3 stem over 3 channels, 1x1 convs over
+  <= 8 channels) is a sum of broadcast multiply-adds that XLA fuses with the following BN and
+  activation into one loop; other 1x1 convs are a matrix product.
   """
   features: int
   kernel_size: int = 3
@@ -76,11 +83,11 @@ class Conv(nn.Module):
     k, s = self.kernel_size, self.stride
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if k == 1 and s == 1:
-      y = jnp.dot(x, kernel[0, 0])
-    elif _on_cpu() and x.shape[-1] <= 4:
+    if _on_cpu() and x.shape[-1] <= MAX_FMA_CHANNELS and k * k * x.shape[-1] <= MAX_FMA_TAPS:
       y = sum(t[..., c:c + 1] * kernel[dy, dx, c][None, None, None, :]
               for dy, dx, t in _taps(x, k, s) for c in range(x.shape[-1]))
+    elif k == 1 and s == 1:
+      y = jnp.dot(x, kernel[0, 0])
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (s, s), pad_same(k), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.use_bias:
