@@ -63,8 +63,8 @@ MAX_FMA_CHANNELS = 8
 MAX_FMA_TAPS = 27
 
 
-class Conv(nn.Module):
-  """`nn.Conv2d(padding=k//2)`: symmetric padding, kernel `[k, k, I, O]` (Flax's layout).
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """`F.conv2d(x, w, stride, padding=k//2)` in NHWC/HWIO: `[N,H,W,I] x [k,k,I,O] -> [N,ceil(H/s),ceil(W/s),O]`.
 
   The arithmetic is the same everywhere; the lowering is chosen per shape for XLA:CPU, where
   the generic convolution is slow for a few shapes (measured in `bench/bench_layers.py`):
@@ -72,6 +72,18 @@ class Conv(nn.Module):
   <= 8 channels) is a sum of broadcast multiply-adds that XLA fuses with the following BN and
   activation into one loop; other 1x1 convs are a matrix product.
   """
+  k, _, cin, _ = kernel.shape
+  if _on_cpu() and cin <= MAX_FMA_CHANNELS and k * k * cin <= MAX_FMA_TAPS:
+    return sum(t[..., c:c + 1] * kernel[dy, dx, c][None, None, None, :]
+               for dy, dx, t in _taps(x, k, stride) for c in range(cin))
+  if k == 1 and stride == 1:
+    return jnp.dot(x, kernel[0, 0])
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad_same(k),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class Conv(nn.Module):
+  """`nn.Conv2d(padding=k//2)`: symmetric padding, kernel `[k, k, I, O]` (Flax's layout), see `conv2d`."""
   features: int
   kernel_size: int = 3
   stride: int = 1
@@ -79,21 +91,17 @@ class Conv(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [N,H,W,I] -> [N,ceil(H/s),ceil(W/s),O] for odd k
-    k, s = self.kernel_size, self.stride
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if _on_cpu() and x.shape[-1] <= MAX_FMA_CHANNELS and k * k * x.shape[-1] <= MAX_FMA_TAPS:
-      y = sum(t[..., c:c + 1] * kernel[dy, dx, c][None, None, None, :]
-              for dy, dx, t in _taps(x, k, s) for c in range(x.shape[-1]))
-    elif k == 1 and s == 1:
-      y = jnp.dot(x, kernel[0, 0])
-    else:
-      y = jax.lax.conv_general_dilated(x, kernel, (s, s), pad_same(k), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    if self.use_bias:
-      bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-      y = y + bias.astype(self.dtype)[None, None, None, :]
-    return y
+  def variables_for(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
+    """`(kernel [k,k,I,O], bias [O] or None)` in `dtype`; lets siblings fuse into one conv."""
+    k = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, in_features, self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+    return kernel.astype(self.dtype), None if bias is None else bias.astype(self.dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel, bias = self.variables_for(x.shape[-1])
+    y = conv2d(x.astype(self.dtype), kernel, self.stride)
+    return y if bias is None else y + bias[None, None, None, :]
 
 
 class DepthwiseConv3x3(nn.Module):
@@ -129,11 +137,36 @@ class ConvBN(nn.Module):
   conv: Callable[..., nn.Module] = Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
 
-  @nn.compact
+  def setup(self):
+    self.conv_0 = self.conv(self.features, self.kernel, self.stride, name='0')
+    self.norm_1 = self.norm(name='1')
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = self.conv(self.features, self.kernel, self.stride, name='0')(x)
-    x = self.norm(name='1')(x)
-    return x if self.slope is None else leaky_relu(x, self.slope)
+    return self.finish(self.conv_0(x))
+
+  def finish(self, y: jax.Array) -> jax.Array:
+    """BN and activation on this block's conv output."""
+    y = self.norm_1(y)
+    return y if self.slope is None else leaky_relu(y, self.slope)
+
+
+def fused_conv(x: jax.Array, convs: Sequence[Conv]) -> list[jax.Array]:
+  """Several `Conv`s (same kernel size and stride) that read the same input, as one conv over
+  their stacked kernels: same parameters and results, fewer and wider convolutions."""
+  variables = [c.variables_for(x.shape[-1]) for c in convs]
+  kernel = jnp.concatenate([k for k, _ in variables], axis=-1)
+  y = conv2d(x.astype(kernel.dtype), kernel, convs[0].stride)
+  parts = jnp.split(y, np.cumsum([k.shape[-1] for k, _ in variables])[:-1], axis=-1)
+  return [p if b is None else p + b[None, None, None, :] for p, (_, b) in zip(parts, variables)]
+
+
+def fused_conv_bn(x: jax.Array, blocks: Sequence[ConvBN]) -> list[jax.Array]:
+  """Several `ConvBN`s that read the same input, run as one conv over their stacked kernels.
+
+  Same parameters and results as calling each block; one larger convolution is faster than
+  several thin ones (SSH's 64->32 and 64->16 3x3s).
+  """
+  return [b.finish(y) for b, y in zip(blocks, fused_conv(x, [b.conv_0 for b in blocks]))]
 
 
 class ConvDW(nn.Module):

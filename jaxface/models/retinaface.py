@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.models.layers import Conv, ConvBN, torch_bn, upsample_nearest
+from jaxface.models.layers import Conv, ConvBN, fused_conv, fused_conv_bn, torch_bn, upsample_nearest
 from jaxface.models.mobilenet import MobileNetV1
 from jaxface.models.resnet import ResNet50
 
@@ -51,36 +51,36 @@ class SSH(nn.Module):
   def __call__(self, x):
     block = functools.partial(ConvBN, conv=self.conv, norm=self.norm)
     q = self.features // 4
-    b3 = block(self.features // 2, slope=None, name='conv3X3')(x)
-    t = block(q, slope=self.slope, name='conv5X5_1')(x)
-    b5 = block(q, slope=None, name='conv5X5_2')(t)
-    t = block(q, slope=self.slope, name='conv7X7_2')(t)
+    # conv3X3 and conv5X5_1 read x; conv5X5_2 and conv7X7_2 read conv5X5_1's output: each pair
+    # runs as one convolution (`fused_conv_bn`), same parameters and results.
+    b3, t = fused_conv_bn(x, [block(self.features // 2, slope=None, name='conv3X3'),
+                              block(q, slope=self.slope, name='conv5X5_1')])
+    b5, t = fused_conv_bn(t, [block(q, slope=None, name='conv5X5_2'),
+                              block(q, slope=self.slope, name='conv7X7_2')])
     b7 = block(q, slope=None, name='conv7x7_3')(t)
     return nn.relu(jnp.concatenate([b3, b5, b7], axis=-1))
 
 
 class Head(nn.Module):
-  """One 1x1 conv with bias (`conv1x1`); `[N,H,W,C] -> [N, H*W*anchors, k]` in (y, x, anchor) order."""
-  anchors: int
-  k: int
+  """One 1x1 conv with bias (`conv1x1`)."""
+  features: int
   conv: Callable[..., nn.Module]
 
-  @nn.compact
-  def __call__(self, x):
-    y = self.conv(self.anchors * self.k, 1, use_bias=True, name='conv1x1')(x)
-    return y.reshape(y.shape[0], -1, self.k)
+  def setup(self):
+    self.conv1x1 = self.conv(self.features, 1, use_bias=True)
 
 
 class Heads(nn.Module):
-  """`ClassHead` / `BboxHead` / `LandmarkHead`: one `Head` per level, named `0, 1, 2`."""
-  anchors: int
-  k: int
+  """`ClassHead` / `BboxHead` / `LandmarkHead`: one `Head` per level, named `0, 1, 2`.
+
+  Holds the parameters only: `RetinaFace` runs the three heads of a level as one conv.
+  """
+  features: int
+  levels: int
   conv: Callable[..., nn.Module]
 
-  @nn.compact
-  def __call__(self, feats):
-    return jnp.concatenate([Head(self.anchors, self.k, self.conv, name=str(i))(f) for i, f in enumerate(feats)],
-                           axis=1)
+  def setup(self):
+    self.level = [Head(self.features, self.conv, name=str(i)) for i in range(self.levels)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +120,15 @@ class RetinaFace(nn.Module):
       raise ValueError(f'unknown backbone {spec.backbone!r}; expected mobilenet0.25 or resnet50')
     feats = FPN(spec.out_channels, spec.neck_slope, conv, norm, name='fpn')(*body(images.astype(self.dtype)))
     feats = [SSH(spec.out_channels, spec.neck_slope, conv, norm, name=f'ssh{i + 1}')(f) for i, f in enumerate(feats)]
-    anchors = len(spec.min_sizes[0])
-    bbox = Heads(anchors, 4, conv, name='BboxHead')(feats)
-    logits = Heads(anchors, 2, conv, name='ClassHead')(feats)
-    landmarks = Heads(anchors, 10, conv, name='LandmarkHead')(feats)
+    anchors, n = len(spec.min_sizes[0]), images.shape[0]
+    ks = (4, 2, 10)  # box offsets, class logits, landmark offsets per anchor
+    heads = [Heads(anchors * k, len(feats), conv, name=name)
+             for k, name in zip(ks, ('BboxHead', 'ClassHead', 'LandmarkHead'))]
+    # Per level the three 1x1 heads read the same map: one conv, split. Each output goes
+    # [N,H,W,anchors*k] -> [N, H*W*anchors, k], the reference's (y, x, anchor) order.
+    per_level = [fused_conv(f, [h.level[i].conv1x1 for h in heads]) for i, f in enumerate(feats)]
+    bbox, logits, landmarks = (jnp.concatenate([ys[j].reshape(n, -1, k) for ys in per_level], axis=1)
+                               for j, k in enumerate(ks))
     out = jnp.promote_types(self.dtype, jnp.float32)  # bf16 compute still returns float32 outputs.
     return bbox.astype(out), logits.astype(out), landmarks.astype(out)
 
