@@ -1,0 +1,1 @@
+"""Training and evaluation data: annotation readers, augmentation, the synthetic set, the loader."""

@@ -1,0 +1,173 @@
+"""The training loader: fixed-shape batches from (seed, epoch, index), on host worker processes.
+
+Every element is a pure function of its global position k in the stream of training examples:
+epoch = k // N, the epoch's permutation (from (seed, epoch)) gives the sample, and the sample's
+augmentation draws from `sample_rng(seed, epoch, index)`. So any batch can be rebuilt alone,
+worker count never changes the data, and resuming at step s is starting the stream at s.
+
+Bad data, decided per case:
+- an unreadable, missing or undecodable image: skipped during training and counted; the slot
+  takes the next sample of the same epoch's permutation (`skipped_images` in every batch);
+- more faces than `max_faces` in the augmented image: the largest `max_faces` are kept and the
+  rest counted (`dropped_faces`);
+- degenerate boxes (zero width or height) and, if enabled, faces below `min_face`: dropped by the
+  augmentation and counted (`dropped_degenerate`, `dropped_small`);
+- annotation syntax errors never reach this point: readers raise at start-up, naming file:line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import cv2
+import grain
+from absl import flags
+import numpy as np
+
+from jaxface.data.rng import sample_rng
+from jaxface.data.sample import Sample
+
+MAX_CONSECUTIVE_SKIPS = 64  # this many unreadable images in a row is a broken dataset, not bad luck
+
+
+class ImageReadError(IOError):
+  """An image that cannot be read; the loader skips and counts it."""
+
+
+class Source(Protocol):
+  """Random access to (BGR uint8 image, Sample); raises `ImageReadError` for unreadable pixels."""
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, Sample]: ...
+
+
+def read_image(path: str) -> np.ndarray:
+  """`[H,W,3]` uint8 BGR from any file OpenCV reads: gray, BGRA and 16-bit are converted."""
+  if not os.path.isfile(path):
+    raise ImageReadError(f'{path}: no such image file')
+  data = np.fromfile(path, np.uint8)
+  image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+  if image is None:
+    raise ImageReadError(f'{path}: not a decodable image')
+  if image.dtype == np.uint16:
+    image = np.round(image / 257.0).astype(np.uint8)
+  if image.dtype != np.uint8:
+    raise ImageReadError(f'{path}: unsupported pixel type {image.dtype}')
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.shape[2] == 1:
+    image = np.repeat(image, 3, axis=2)
+  elif image.shape[2] == 4:
+    image = image[:, :, :3]
+  return np.ascontiguousarray(image)
+
+
+@dataclasses.dataclass
+class FileSource:
+  """Samples from an annotation reader; pixels read from `sample.image_path` on demand."""
+  samples: Sequence[Sample]
+
+  def __len__(self) -> int:
+    return len(self.samples)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, Sample]:
+    sample = self.samples[index]
+    return read_image(sample.image_path), sample
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+  global_batch_size: int          # images per step over all hosts
+  image_size: int                 # square training size S
+  max_faces: int                  # G, ground-truth slots per image
+  seed: int = 0
+  num_workers: int = 0            # host worker processes (0: build batches in this process)
+  process_index: int = 0          # this host, of `process_count` (jax.process_index())
+  process_count: int = 1
+
+  @property
+  def host_batch_size(self) -> int:
+    if self.global_batch_size % self.process_count:
+      raise ValueError(f'global_batch_size {self.global_batch_size} is not divisible by the '
+                       f'{self.process_count} processes')
+    return self.global_batch_size // self.process_count
+
+
+Augment = Callable[..., Any]  # (image, sample, rng, *, image_size) -> augmented (see augment_retinaface)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The order of the N samples in `epoch` (a pure function of (seed, epoch))."""
+  return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, 2**31 - 1]))).permutation(n)
+
+
+def pad_faces(boxes, landmarks, landmark_valid, ignore, max_faces: int) -> tuple[dict[str, np.ndarray], int]:
+  """Faces -> fixed `[G, ...]` arrays with masks; keeps the `max_faces` largest, returns how many it dropped."""
+  n = len(boxes)
+  order = np.arange(n)
+  if n > max_faces:
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    order = np.sort(np.argsort(-area, kind='stable')[:max_faces])
+  k = len(order)
+  out = dict(boxes=np.zeros((max_faces, 4), np.float32), landmarks=np.zeros((max_faces, 5, 2), np.float32),
+             box_valid=np.zeros((max_faces,), bool), landmark_valid=np.zeros((max_faces,), bool),
+             ignore=np.zeros((max_faces,), bool))
+  out['boxes'][:k] = boxes[order]
+  out['landmarks'][:k] = landmarks[order]
+  out['box_valid'][:k] = True
+  out['landmark_valid'][:k] = landmark_valid[order]
+  out['ignore'][:k] = ignore[order]
+  return out, n - k
+
+
+def make_example(source: Source, augment: Augment, cfg: LoaderConfig, k: int) -> dict[str, np.ndarray]:
+  """The k-th training example of the stream (fixed shapes; see the module docstring)."""
+  n = len(source)
+  epoch, position = divmod(k, n)
+  order = epoch_permutation(cfg.seed, epoch, n)
+  skipped = 0
+  while True:
+    index = int(order[(position + skipped) % n])
+    try:
+      image, sample = source[index]
+      break
+    except ImageReadError:
+      skipped += 1
+      if skipped >= min(MAX_CONSECUTIVE_SKIPS, n):
+        raise
+  aug = augment(image, sample, sample_rng(cfg.seed, epoch, index), image_size=cfg.image_size)
+  faces, overflow = pad_faces(aug.boxes, aug.landmarks, aug.landmark_valid, aug.ignore, cfg.max_faces)
+  return dict(image=aug.image.astype(np.float32), **faces,
+              skipped_images=np.int32(skipped), dropped_faces=np.int32(overflow),
+              dropped_degenerate=np.int32(aug.dropped.get('degenerate', 0)),
+              dropped_small=np.int32(aug.dropped.get('too_small', 0)))
+
+
+def host_position(cfg: LoaderConfig, j: int) -> int:
+  """This host's j-th example -> its global position k: step s's global batch is
+  k in [s*GB, (s+1)*GB), and host h takes the h-th slice of it."""
+  pb = cfg.host_batch_size
+  step, r = divmod(j, pb)
+  return step * cfg.global_batch_size + cfg.process_index * pb + r
+
+
+def batches(source: Source, augment: Augment, cfg: LoaderConfig, *, start_step: int = 0,
+            num_steps: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """This host's batches for steps `start_step, start_step + 1, ...` (`[B_host, ...]` numpy dicts).
+
+  Runs on `cfg.num_workers` processes through Grain (`mp_prefetch`); the order and contents do
+  not depend on the worker count. `num_steps=None` runs forever (epochs follow each other).
+  """
+  pb = cfg.host_batch_size
+  total = (start_step + num_steps) * pb if num_steps is not None else np.iinfo(np.int64).max // 2
+  ds = grain.MapDataset.range(start_step * pb, total)
+  ds = ds.map(lambda j: make_example(source, augment, cfg, host_position(cfg, int(j))))
+  ds = ds.batch(pb, drop_remainder=True)
+  it = ds.to_iter_dataset()
+  if cfg.num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; programs without absl never parse them
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
+  return iter(it)
