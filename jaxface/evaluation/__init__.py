@@ -14,12 +14,13 @@ from __future__ import annotations
 from jaxface.evaluation.ground_truth import SETTINGS, GroundTruth, load_wider_mat_ground_truth
 from jaxface.evaluation.predictions import (PredictionFormatError, ReadReport, read_prediction_file,
                                             read_predictions, write_prediction_set, write_predictions)
-from jaxface.evaluation.protocol import PROTOCOLS, EvalResult, PRCurve, evaluate, thresholds, voc_ap
+from jaxface.evaluation.protocol import (PROTOCOLS, EvalResult, PRCurve, evaluate, normalise_scores, thresholds,
+                                         voc_ap)
 from jaxface.evaluation.widerface import evaluate_dir
 from jaxface.evaluation.plot import plot_pr_curves
 
 __all__ = [
     'SETTINGS', 'PROTOCOLS', 'GroundTruth', 'load_wider_mat_ground_truth', 'PredictionFormatError',
     'ReadReport', 'read_prediction_file', 'read_predictions', 'write_predictions', 'write_prediction_set',
-    'EvalResult', 'PRCurve', 'evaluate', 'evaluate_dir', 'thresholds', 'voc_ap', 'plot_pr_curves',
+    'EvalResult', 'PRCurve', 'evaluate', 'evaluate_dir', 'normalise_scores', 'thresholds', 'voc_ap', 'plot_pr_curves',
 ]

@@ -12,8 +12,9 @@ How the two evaluators read them:
 - python (the port's `read_pred_file`): ignores the name line and the count, and reads every
   following non-blank line's first five whitespace-separated numbers. The port crashes on a
   missing file or a bad line; here both are handled as for the official protocol. (The port
-  also keys images by the name line and skips lines that start with a space; files are read
-  by path here, and such lines are read.)
+  also keys images by the name line, skips lines that start with a space, and lets the scores
+  of extra files into the min-max normalisation; here files are read by path, such lines are
+  read, and extra files are left out.)
 
 Both protocols report each problem as a warning naming the file (and line); `strict=True` turns
 them into a `PredictionFormatError`. Files and folders that are not images of the ground truth

@@ -40,7 +40,7 @@ from typing import Mapping
 import numpy as np
 
 from jaxface.evaluation.ground_truth import SETTINGS, GroundTruth
-from jaxface.evaluation.matching import match_faces
+from jaxface.evaluation.matching import match_detections
 
 PROTOCOLS = ('official', 'python')
 THRESH_NUM = 1000
@@ -124,8 +124,13 @@ def _walk_order(scores: np.ndarray, protocol: str) -> np.ndarray:
   return np.argsort(np.where(np.isnan(scores), -np.inf, -scores), kind='stable')
 
 
-def _normalise(scores: np.ndarray, protocol: str) -> np.ndarray:
-  """Global min-max normalisation of all (walk-ordered, concatenated) scores, returned as float64."""
+def normalise_scores(scores: np.ndarray, protocol: str) -> np.ndarray:
+  """The global min-max normalisation of all the set's scores, as the protocol does it (float64 out).
+
+  'official': in float32, from max = realmin('single'), min = realmax('single'), skipping NaN.
+  'python': in float64, from max = 0, min = 1 (scores inside [0, 1] do not move the range).
+  Equal min and max give NaN (0/0), which passes no threshold, in both tools.
+  """
   with np.errstate(all='ignore'):
     if protocol == 'official':
       # norm_score.m: max/min start at realmin/realmax('single') and become single; the double
@@ -179,17 +184,13 @@ def evaluate(preds: Mapping[tuple[str, str], np.ndarray], gt: GroundTruth, proto
   counts = np.array([len(d) for d in ordered], np.int64)
   dets = np.concatenate(ordered) if ordered else np.zeros((0, 5))
   image_of = np.repeat(np.asarray(owners, np.int64), counts)
-  scores = _normalise(dets[:, 4], protocol)
+  scores = normalise_scores(dets[:, 4], protocol)
 
-  # Matching, per image (setting-independent): global face id per detection, -1 when unmatched.
-  face = np.full(len(dets), -1, np.int64)
-  start = 0
-  for n, count in zip(owners, counts):
-    boxes = gt_boxes[n]
-    if len(boxes):
-      f, m = match_faces(dets[start:start + count, :4], boxes, protocol)
-      face[start:start + count] = np.where(m, f + gt_offsets[n], -1)
-    start += count
+  # Matching (setting-independent): the global face row each detection matches, or -1.
+  per_image = np.zeros(len(gt_boxes), np.int64)
+  per_image[owners] = counts
+  all_boxes = np.concatenate(gt_boxes) if gt_boxes else np.zeros((0, 4), np.int32)
+  face = match_detections(dets[:, :4], per_image, all_boxes, np.diff(gt_offsets), protocol)
   matched = face >= 0
   has_gt = (gt_offsets[image_of + 1] > gt_offsets[image_of]) if len(dets) else np.zeros(0, bool)
   # The first detection (in walk order) on each face: concatenation keeps images apart.
