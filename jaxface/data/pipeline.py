@@ -124,6 +124,7 @@ def pad_faces(boxes, landmarks, landmark_valid, ignore, max_faces: int) -> tuple
 
 def make_example(source: Source, augment: Augment, cfg: LoaderConfig, k: int) -> dict[str, np.ndarray]:
   """The k-th training example of the stream (fixed shapes; see the module docstring)."""
+  cv2.setNumThreads(1)  # parallelism comes from worker processes; OpenCV's own threads would oversubscribe
   n = len(source)
   epoch, position = divmod(k, n)
   order = epoch_permutation(cfg.seed, epoch, n)
