@@ -1,0 +1,11 @@
+"""WIDER FACE evaluation launcher (see `jaxface/evaluation/runner.py`).
+
+    python evaluate.py --ckpt DIR [--test-scale original|mxnet|vga] [--json OUT.json]
+    python evaluate.py --preds DIR --gt DIR [--protocol official|python] [--json OUT.json]
+"""
+import sys
+
+from jaxface.evaluation.runner import main
+
+if __name__ == '__main__':
+  sys.exit(main())
