@@ -90,19 +90,21 @@ class Detector:
     for i, im in enumerate(images):
       groups.setdefault(self._input_size(*im.shape[:2]), []).append(i)
     results: list[Detections | None] = [None] * len(images)
-    conf = jnp.float32(conf_threshold)
-    nms = jnp.float32(nms_threshold)
+    conf = np.float32(conf_threshold)
+    nms = np.float32(nms_threshold)
     for (h, w), idx in groups.items():
       for start in range(0, len(idx), self.batch_size):
         chunk = idx[start:start + self.batch_size]
         # Pad the batch to a power of two: few programs per size, little wasted compute.
         b = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())
-        batch = np.zeros((b, h, w, 3), np.uint8)
         sizes = np.zeros((b, 2), np.int32)
-        for j, i in enumerate(chunk):
-          ih, iw = images[i].shape[:2]
-          batch[j] = inference.pad_to(images[i], h, w) if (ih, iw) != (h, w) else images[i]
-          sizes[j] = (ih, iw)
+        sizes[:len(chunk)] = [images[i].shape[:2] for i in chunk]
+        if b == 1 and images[chunk[0]].shape[:2] == (h, w):
+          batch = images[chunk[0]][None]  # a view: no copy of the one exact-size image
+        else:
+          batch = np.zeros((b, h, w, 3), np.uint8)
+          for j, i in enumerate(chunk):
+            batch[j] = images[i] if images[i].shape[:2] == (h, w) else inference.pad_to(images[i], h, w)
         out = jax.device_get(self._detect(self.variables, batch, sizes, conf, nms))
         for j, i in enumerate(chunk):
           v = out['valid'][j]
