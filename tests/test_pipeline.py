@@ -102,3 +102,12 @@ def test_read_image_formats_and_errors(tmp_path):
     pipeline.read_image(str(tmp_path / 'bad.jpg'))
   with pytest.raises(pipeline.ImageReadError, match='missing.jpg'):
     pipeline.read_image(str(tmp_path / 'missing.jpg'))
+
+
+def test_drops_are_logged_not_silent(caplog):
+  with caplog.at_level('WARNING'):
+    _take(CFG, num_steps=6)
+  text = caplog.text
+  assert 'unreadable images skipped' in text and 'zero-size boxes dropped' in text
+  assert 'faces dropped beyond max_faces=2' in text  # images with 3 faces, max_faces 2
+  assert text.count('loader: step') == 3  # one first-occurrence line per kind, no flood

@@ -17,6 +17,7 @@ Bad data, decided per case:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -171,4 +172,34 @@ def batches(source: Source, augment: Augment, cfg: LoaderConfig, *, start_step: 
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; programs without absl never parse them
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
-  return iter(it)
+  return _log_losses(iter(it), cfg, start_step)
+
+
+COUNTERS = {
+    'skipped_images': 'unreadable images skipped',
+    'dropped_faces': 'faces dropped beyond max_faces={max_faces}',
+    'dropped_degenerate': 'zero-size boxes dropped',
+    'dropped_small': 'faces below min_face dropped',
+}
+
+
+def _log_losses(it: Iterator[dict[str, np.ndarray]], cfg: LoaderConfig, start_step: int):
+  """Passes batches through and logs (never silently) any data the loader had to drop.
+
+  The first batch with a loss of each kind is logged with its step; after that a running total
+  every 1000 steps, so a long run's log stays readable.
+  """
+  totals = dict.fromkeys(COUNTERS, 0)
+  seen = set()
+  for step, batch in enumerate(it, start=start_step):
+    for key in COUNTERS:
+      n = int(batch[key].sum())
+      totals[key] += n
+      if n and key not in seen:
+        seen.add(key)
+        logging.warning('loader: step %d: %d %s (further counts every 1000 steps)', step, n,
+                        COUNTERS[key].format(max_faces=cfg.max_faces))
+    if step % 1000 == 999 and any(totals.values()):
+      logging.warning('loader: by step %d: %s', step, ', '.join(
+          f'{v} {COUNTERS[k].format(max_faces=cfg.max_faces)}' for k, v in totals.items() if v))
+    yield batch
