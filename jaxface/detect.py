@@ -20,7 +20,8 @@ from typing import Iterator, TextIO
 import cv2
 import numpy as np
 
-from jaxface.detector import Detections, as_bgr_uint8, load_detector
+from jaxface.detector import Detections, load_detector
+from jaxface.images import as_bgr_uint8
 from jaxface.models import SPECS
 from jaxface.visualize import draw_detections
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from jaxface.detector import as_bgr_uint8
+from jaxface.images import as_bgr_uint8
 
 BOX_COLOR = (0, 0, 255)        # BGR red
 TEXT_COLOR = (255, 255, 255)   # white

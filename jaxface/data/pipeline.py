@@ -27,6 +27,7 @@ from absl import flags
 import numpy as np
 
 from jaxface.data.rng import sample_rng
+from jaxface.images import as_bgr_uint8
 from jaxface.data.sample import Sample
 
 MAX_CONSECUTIVE_SKIPS = 64  # this many unreadable images in a row is a broken dataset, not bad luck
@@ -52,17 +53,10 @@ def read_image(path: str) -> np.ndarray:
   image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
   if image is None:
     raise ImageReadError(f'{path}: not a decodable image')
-  if image.dtype == np.uint16:
-    image = np.round(image / 257.0).astype(np.uint8)
-  if image.dtype != np.uint8:
-    raise ImageReadError(f'{path}: unsupported pixel type {image.dtype}')
-  if image.ndim == 2:
-    image = image[:, :, None]
-  if image.shape[2] == 1:
-    image = np.repeat(image, 3, axis=2)
-  elif image.shape[2] == 4:
-    image = image[:, :, :3]
-  return np.ascontiguousarray(image)
+  try:
+    return as_bgr_uint8(image, path)
+  except ValueError as e:
+    raise ImageReadError(str(e)) from None
 
 
 @dataclasses.dataclass
