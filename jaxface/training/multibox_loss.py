@@ -84,29 +84,36 @@ def image_loss_terms(pred_loc: jax.Array, pred_logits: jax.Array, pred_landm: ja
 
 
 def loss_from_targets(pred_loc: jax.Array, pred_logits: jax.Array, pred_landm: jax.Array, targets: matching.Targets,
-                      *, neg_pos: int = 7, loc_weight: float = 2.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The batch loss from already matched `targets` (batched `Targets`); see `multibox_loss`."""
+                      *, neg_pos: int = 7, loc_weight: float = 2.0,
+                      axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The batch loss from already matched `targets` (batched `Targets`); see `multibox_loss`.
+
+  With `axis_name` (inside `pmap`/`shard_map` over the batch), the normalisers count the positives
+  of the *global* batch, and the returned loss is this shard's share of the global loss: the
+  shares (and their gradients) sum to the single-device values. Metrics are global.
+  """
+  total = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
   terms = jax.vmap(lambda l, c, m, t: image_loss_terms(l, c, m, t, neg_pos=neg_pos))(
       pred_loc, pred_logits, pred_landm, targets)
-  num_pos = jnp.sum(terms['num_pos'])
-  num_pos_landm = jnp.sum(terms['num_pos_landm'])
+  num_pos = total(jnp.sum(terms['num_pos']))
+  num_pos_landm = total(jnp.sum(terms['num_pos_landm']))
   n = jnp.maximum(num_pos, 1).astype(jnp.float32)
   n1 = jnp.maximum(num_pos_landm, 1).astype(jnp.float32)
   loss_loc = jnp.sum(terms['loc']) / n
   loss_cls = jnp.sum(terms['cls']) / n
   loss_landm = jnp.sum(terms['landm']) / n1
   loss = loc_weight * loss_loc + loss_cls + loss_landm
-  metrics = dict(loss=loss, loss_loc=loss_loc, loss_cls=loss_cls, loss_landm=loss_landm, num_pos=num_pos,
-                 num_neg=jnp.sum(terms['num_neg']), num_pos_landm=num_pos_landm,
-                 num_ignored_priors=jnp.sum(terms['num_ignored']))
+  metrics = dict(loss=total(loss), loss_loc=total(loss_loc), loss_cls=total(loss_cls),
+                 loss_landm=total(loss_landm), num_pos=num_pos, num_neg=total(jnp.sum(terms['num_neg'])),
+                 num_pos_landm=num_pos_landm, num_ignored_priors=total(jnp.sum(terms['num_ignored'])))
   return loss, metrics
 
 
 def multibox_loss(pred_loc: jax.Array, pred_logits: jax.Array, pred_landm: jax.Array,
                   batch: Mapping[str, jax.Array], priors: jax.Array, *, neg_pos: int = 7, loc_weight: float = 2.0,
                   variances: box_coding.Variances = (0.1, 0.2), pos_thresh: float = matching.POS_THRESH,
-                  force_thresh: float = matching.FORCE_THRESH,
-                  low_iou_faces_steal: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  force_thresh: float = matching.FORCE_THRESH, low_iou_faces_steal: bool = True,
+                  axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """RetinaFace's training loss for a batch: matching, targets and the three terms.
 
   Args:
@@ -119,6 +126,7 @@ def multibox_loss(pred_loc: jax.Array, pred_logits: jax.Array, pred_landm: jax.A
     neg_pos: mined negatives per positive (reference 7).
     loc_weight: weight of the box term (reference `cfg['loc_weight']` = 2).
     variances, pos_thresh, force_thresh, low_iou_faces_steal: see `matching`.
+    axis_name: the batch's device axis inside `pmap` (see `loss_from_targets`); None under jit.
 
   Returns:
     `(loss, metrics)`: the scalar total and a dict of `loss`, `loss_loc`, `loss_cls`, `loss_landm`,
@@ -131,8 +139,9 @@ def multibox_loss(pred_loc: jax.Array, pred_logits: jax.Array, pred_landm: jax.A
   match, targets = matching.match_batch(batch, priors, pos_thresh=pos_thresh, force_thresh=force_thresh,
                                         low_iou_faces_steal=low_iou_faces_steal, variances=variances)
   loss, metrics = loss_from_targets(pred_loc, pred_logits, pred_landm, targets, neg_pos=neg_pos,
-                                    loc_weight=loc_weight)
-  metrics['num_degenerate'] = jnp.sum(batch['box_valid'] & ~matching.nondegenerate(batch['boxes']),
-                                      dtype=jnp.int32)
-  metrics['num_low_iou_faces'] = jnp.sum(match.usable & ~match.forced, dtype=jnp.int32)
+                                    loc_weight=loc_weight, axis_name=axis_name)
+  total = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
+  metrics['num_degenerate'] = total(jnp.sum(batch['box_valid'] & ~matching.nondegenerate(batch['boxes']),
+                                            dtype=jnp.int32))
+  metrics['num_low_iou_faces'] = total(jnp.sum(match.usable & ~match.forced, dtype=jnp.int32))
   return loss, metrics

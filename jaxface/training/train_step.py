@@ -1,8 +1,14 @@
 """The RetinaFace train step: forward, matching, loss, backward and the SGD update in one program.
 
 `train_step(state, batch)` is pure: a jitted call runs it with no host round trip (the metrics stay
-on device until the caller reads them). Parallel versions (jit over a device mesh, pmap) build on
-it in the training issue's next part.
+on device until the caller reads them). Data parallel, two ways that give the same numbers as one
+device on the global batch:
+
+- `make_sharded_train_step`: `jax.jit` over a 1-D device mesh, the batch split along it
+  (`NamedSharding`), the state replicated. The program is the global one, so BatchNorm's
+  statistics and the loss's normalisers are over the global batch by construction.
+- `make_pmap_train_step`: `jax.pmap`; BatchNorm averages its statistics over the device axis
+  (`bn_axis_name`), the loss counts positives over it, and gradients are summed over it.
 """
 from __future__ import annotations
 
@@ -57,7 +63,8 @@ def init_state(model: RetinaFace, tx: optax.GradientTransformation, rng: jax.Arr
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: RetinaFace,
-               tx: optax.GradientTransformation, loc_weight: float = 2.0) -> tuple[TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation, loc_weight: float = 2.0,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a batch from `jaxface.data.pipeline` (`image [B,S,S,3]` normalised, GT padded).
 
   BN runs in train mode (batch statistics, running averages updated), as in the reference.
@@ -70,10 +77,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Reti
     (loc, logits, landm), updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                                 batch['image'], train=True, mutable=['batch_stats'])
     loss, metrics = multibox_loss(loc, logits, landm, batch, priors, loc_weight=loc_weight,
-                                  variances=model.spec.variances)
+                                  variances=model.spec.variances, axis_name=axis_name)
     return loss, (metrics, updates['batch_stats'])
 
   (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:  # each device's loss is its share of the global loss: gradients add up
+    grads = jax.lax.psum(grads, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
@@ -83,3 +92,23 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Reti
 def make_train_step(model: RetinaFace, tx: optax.GradientTransformation, **kwargs):
   """`train_step` jitted for one device, the state donated (updated in place)."""
   return jax.jit(functools.partial(train_step, model=model, tx=tx, **kwargs), donate_argnums=0)
+
+
+def make_sharded_train_step(model: RetinaFace, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                            **kwargs):
+  """`train_step` jitted over `mesh` (1-D, axis 'data'): batch leaves split on their leading axis,
+  the state replicated and donated. The global batch must divide by the mesh size."""
+  P = jax.sharding.PartitionSpec
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  data = jax.sharding.NamedSharding(mesh, P('data'))
+  return jax.jit(functools.partial(train_step, model=model, tx=tx, **kwargs),
+                 in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_pmap_train_step(model: RetinaFace, tx: optax.GradientTransformation, **kwargs):
+  """`train_step` under `jax.pmap` (axis 'batch'): the state replicated per device (`[D, ...]`),
+  the batch reshaped to `[D, B/D, ...]`. `model` must have `bn_axis_name='batch'`."""
+  if model.bn_axis_name != 'batch':
+    raise ValueError("make_pmap_train_step needs a model built with bn_axis_name='batch' (synchronised BN)")
+  return jax.pmap(functools.partial(train_step, model=model, tx=tx, axis_name='batch', **kwargs),
+                  axis_name='batch', donate_argnums=0)
