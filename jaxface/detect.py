@@ -18,10 +18,9 @@ import time
 from typing import Iterator, TextIO
 
 import cv2
-import numpy as np
 
 from jaxface.detector import Detections, load_detector
-from jaxface.images import as_bgr_uint8
+from jaxface.images import ImageReadError, read_image
 from jaxface.models import SPECS
 from jaxface.visualize import draw_detections
 
@@ -48,10 +47,6 @@ exit status: 0 all images processed; 1 some input failed or the weights could no
 """
 
 
-class InputError(Exception):
-  """One input could not be used; the run goes on without it."""
-
-
 def find_images(inputs: list[str]) -> tuple[list[str], list[str]]:
   """Expands folders (non-recursively) into their image files.
 
@@ -76,27 +71,6 @@ def find_images(inputs: list[str]) -> tuple[list[str], list[str]]:
         seen.add(key)
         paths.append(path)
   return paths, errors
-
-
-def read_image(path: str) -> np.ndarray:
-  """`[H,W,3]` uint8 BGR, or `InputError` saying why not.
-
-  Reads the bytes first and decodes with `cv2.imdecode(IMREAD_UNCHANGED)`, the decoder that
-  `cv2.imread` uses, so that a missing file and an undecodable one get different messages.
-  """
-  try:
-    data = np.fromfile(path, np.uint8)
-  except OSError as e:
-    raise InputError(f'{path}: cannot read: {e.strerror or e}') from None
-  if data.size == 0:
-    raise InputError(f'{path}: empty file')
-  image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-  if image is None:
-    raise InputError(f'{path}: not a readable image (corrupt, truncated or unsupported format)')
-  try:
-    return as_bgr_uint8(image, path)
-  except ValueError as e:
-    raise InputError(str(e)) from None
 
 
 def to_record(path: str, image_hw: tuple[int, int], det: Detections) -> dict:
@@ -136,7 +110,7 @@ def run(detector, paths: list[str], out: TextIO, *, conf: float, nms: float | No
       try:
         images.append(read_image(path))
         good.append(path)
-      except InputError as e:
+      except ImageReadError as e:  # one bad input: reported, the run goes on without it
         print(f'error: {e}', file=err)
         failed += 1
     if not images:

@@ -1,7 +1,34 @@
-"""Image arrays as jaxface takes them: `[H,W,3]` uint8 BGR, as `cv2.imread` returns (numpy only)."""
+"""Image arrays as jaxface takes them: `[H,W,3]` uint8 BGR, as `cv2.imread` returns (numpy and OpenCV only)."""
 from __future__ import annotations
 
+import os
+
+import cv2
 import numpy as np
+
+
+class ImageReadError(IOError):
+  """An image file that cannot be read; the training loader skips and counts it, the CLIs report it."""
+
+
+def read_image(path: str) -> np.ndarray:
+  """`[H,W,3]` uint8 BGR from any file OpenCV reads (gray, BGRA and 16-bit converted), or an
+  `ImageReadError` naming the file and saying why (missing, empty, undecodable, unsupported)."""
+  if not os.path.isfile(path):
+    raise ImageReadError(f'{path}: no such image file')
+  try:
+    data = np.fromfile(path, np.uint8)
+  except OSError as e:
+    raise ImageReadError(f'{path}: cannot read: {e.strerror or e}') from None
+  if data.size == 0:
+    raise ImageReadError(f'{path}: empty file')
+  image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+  if image is None:
+    raise ImageReadError(f'{path}: not a decodable image (corrupt, truncated or unsupported format)')
+  try:
+    return as_bgr_uint8(image, path)
+  except ValueError as e:
+    raise ImageReadError(str(e)) from None
 
 
 def as_bgr_uint8(image: np.ndarray, name: str = 'image') -> np.ndarray:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import cv2
@@ -27,14 +26,10 @@ from absl import flags
 import numpy as np
 
 from jaxface.data.rng import sample_rng
-from jaxface.images import as_bgr_uint8
+from jaxface.images import ImageReadError, read_image  # noqa: F401  (re-exported for loader users)
 from jaxface.data.sample import Sample
 
 MAX_CONSECUTIVE_SKIPS = 64  # this many unreadable images in a row is a broken dataset, not bad luck
-
-
-class ImageReadError(IOError):
-  """An image that cannot be read; the loader skips and counts it."""
 
 
 class Source(Protocol):
@@ -43,20 +38,6 @@ class Source(Protocol):
   def __len__(self) -> int: ...
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, Sample]: ...
-
-
-def read_image(path: str) -> np.ndarray:
-  """`[H,W,3]` uint8 BGR from any file OpenCV reads: gray, BGRA and 16-bit are converted."""
-  if not os.path.isfile(path):
-    raise ImageReadError(f'{path}: no such image file')
-  data = np.fromfile(path, np.uint8)
-  image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-  if image is None:
-    raise ImageReadError(f'{path}: not a decodable image')
-  try:
-    return as_bgr_uint8(image, path)
-  except ValueError as e:
-    raise ImageReadError(str(e)) from None
 
 
 @dataclasses.dataclass

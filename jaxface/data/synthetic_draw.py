@@ -30,6 +30,14 @@ _AA = cv2.LINE_AA
 Color = tuple[float, float, float]   # BGR, 0..255
 
 
+def ellipse_box(cx: float, cy: float, a: float, b: float, angle_deg: float) -> np.ndarray:
+  """[4] x1 y1 x2 y2: the tight axis-aligned box of an ellipse (half-axes a, b) rotated by angle_deg."""
+  t = np.deg2rad(angle_deg)
+  ex = np.hypot(a * np.cos(t), b * np.sin(t))
+  ey = np.hypot(a * np.sin(t), b * np.cos(t))
+  return np.array([cx - ex, cy - ey, cx + ex, cy + ey])
+
+
 @dataclasses.dataclass
 class FaceSpec:
   """Everything that decides how one face looks (lengths in px unless said otherwise)."""
@@ -75,10 +83,7 @@ class FaceSpec:
   @property
   def box(self) -> np.ndarray:
     """[4] x1 y1 x2 y2: the tight axis-aligned box of the rotated head ellipse (not clipped)."""
-    t = np.deg2rad(self.angle)
-    ex = np.hypot(self.a * np.cos(t), self.b * np.sin(t))
-    ey = np.hypot(self.a * np.sin(t), self.b * np.cos(t))
-    return np.array([self.cx - ex, self.cy - ey, self.cx + ex, self.cy + ey])
+    return ellipse_box(self.cx, self.cy, self.a, self.b, self.angle)
 
   def to_image(self, uv: np.ndarray) -> np.ndarray:
     """Local-frame points [..., 2] (px) -> image points [..., 2]."""
@@ -402,10 +407,7 @@ class DistractorSpec:
 
   @property
   def box(self) -> np.ndarray:
-    t = np.deg2rad(self.angle)
-    ex = np.hypot(self.a * np.cos(t), self.b * np.sin(t))
-    ey = np.hypot(self.a * np.sin(t), self.b * np.cos(t))
-    return np.array([self.cx - ex, self.cy - ey, self.cx + ex, self.cy + ey])
+    return ellipse_box(self.cx, self.cy, self.a, self.b, self.angle)
 
 
 def draw_distractor(img: np.ndarray, d: DistractorSpec) -> None:

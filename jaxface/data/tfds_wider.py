@@ -80,7 +80,7 @@ class TfdsWiderFace:
     image, sample = convert_example(self._examples[index], self.source(index))
     if image is None:
       # Imported here: the loader's error type, without making this module depend on the loader's packages.
-      from jaxface.data.pipeline import ImageReadError
+      from jaxface.images import ImageReadError
       raise ImageReadError(f'{sample.source}: not a decodable image')
     return image, sample
 

@@ -89,7 +89,7 @@ def _clock(seconds: float) -> str:
 
 def wider_image_loader(root: str) -> Callable[[str, str], np.ndarray]:
   """`(event, name) -> BGR image` from `<root>/WIDER_val/images/<event>/<name>.jpg`."""
-  from jaxface.data.pipeline import read_image
+  from jaxface.images import read_image
 
   def load(event: str, name: str) -> np.ndarray:
     return read_image(os.path.join(root, 'WIDER_val', 'images', event, name + '.jpg'))
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = shard([(e, n) for e, names in zip(gt.events, gt.files) for n in names], args.num_shards, args.shard_index)
     say(f'{detector.arch} on {len(keys)} {dataset} val images, test scale {args.test_scale}, '
         f'conf {args.conf}, writing {pred_dir}')
-    from jaxface.data.pipeline import ImageReadError
+    from jaxface.images import ImageReadError
     try:
       for (event, name), dets in detect_all(detector, keys, load, test_scale=args.test_scale,
                                             conf_threshold=args.conf, nms_threshold=args.nms, progress=say):
