@@ -1,7 +1,9 @@
-"""Converted-checkpoint directories: `DIR/variables` (orbax) plus `DIR/jaxface.json` (what it is).
+"""Checkpoint directories: `DIR/jaxface.json` (what it is) plus the weights, either
+`DIR/variables` (orbax; from the converter) or `DIR/checkpoints/<step>` (a `train.py` workdir:
+the latest finished step is used).
 
 The JSON names the architecture so `load_detector(DIR)` needs no `arch`, and records where the
-weights came from.
+weights came from (and, for trained models, the dataset they were trained on).
 """
 from __future__ import annotations
 
@@ -44,5 +46,12 @@ def load_variables(directory: str) -> tuple[Any, dict[str, Any]]:
   """Returns `(variables as numpy arrays, meta)`."""
   directory = os.path.abspath(directory)
   meta = read_meta(directory)
+  if not os.path.isdir(os.path.join(directory, VARIABLES_DIR)):
+    from jaxface.training import checkpoints  # a training workdir
+    if not os.path.isdir(os.path.join(directory, checkpoints.CHECKPOINTS_DIR)):
+      raise FileNotFoundError(f'{directory} has {META_FILE} but neither {VARIABLES_DIR}/ (converted weights) '
+                              f'nor {checkpoints.CHECKPOINTS_DIR}/ (a training run)')
+    variables, step = checkpoints.latest_variables(directory)
+    return jax.tree_util.tree_map(np.asarray, variables), dict(meta, step=step)
   variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
   return jax.tree_util.tree_map(np.asarray, variables), meta

@@ -40,3 +40,12 @@ class Source:
     boxes = np.array([[0, 0, i + 1 + j, i + 1 + j] for j in range(n)], np.float32).reshape(n, 4)
     return np.zeros((8, 8, 3), np.uint8), Sample(f'img{i}.jpg', boxes, np.zeros((n, 5, 2)), np.ones(n, bool),
                                                   np.zeros(n, bool))
+
+
+class CrashingSource(Source):
+  """`Source` whose image 6 raises a bug (not an unreadable image): the loader must not swallow it."""
+
+  def __getitem__(self, i):
+    if i == 6:
+      raise RuntimeError('bug in the source at image 6')
+    return super().__getitem__(i)

@@ -111,3 +111,11 @@ def test_drops_are_logged_not_silent(caplog):
   assert 'unreadable images skipped' in text and 'zero-size boxes dropped' in text
   assert 'faces dropped beyond max_faces=2' in text  # images with 3 faces, max_faces 2
   assert text.count('loader: step') == 3  # one first-occurrence line per kind, no flood
+
+
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_a_crashing_worker_surfaces_its_error(num_workers):
+  """A bug in a worker stops the loader with that bug's message (not a hang, not a silent skip)."""
+  cfg = dataclasses.replace(CFG, num_workers=num_workers)
+  with pytest.raises(Exception, match='bug in the source at image 6'):
+    list(pipeline.batches(fakes.CrashingSource(), fakes.augment, cfg, num_steps=6))

@@ -142,7 +142,10 @@ def batches(source: Source, augment: Augment, cfg: LoaderConfig, *, start_step: 
   ds = grain.MapDataset.range(start_step * pb, total)
   ds = ds.map(lambda j: make_example(source, augment, cfg, host_position(cfg, int(j))))
   ds = ds.batch(pb, drop_remainder=True)
-  it = ds.to_iter_dataset()
+  # Each element is a whole batch: one thread and a two-batch buffer per process. (Grain's defaults,
+  # 16 threads and 500 elements, are sized for small records: here they would hold gigabytes of
+  # batches and take the cores the train step needs.)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
   if cfg.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; programs without absl never parse them
       flags.FLAGS.mark_as_parsed()

@@ -96,11 +96,13 @@ def wider_image_loader(root: str) -> Callable[[str, str], np.ndarray]:
   return load
 
 
-def synthetic_val(num_images: int, seed: int) -> tuple[GroundTruth, Callable[[str, str], np.ndarray]]:
-  """The built-in synthetic val set: its ground truth and image loader."""
+def synthetic_val(num_images: int, seed: int, image_size: tuple[int, int] | None = None
+                  ) -> tuple[GroundTruth, Callable[[str, str], np.ndarray]]:
+  """The built-in synthetic val set: its ground truth and image loader (`image_size` (h, w): all
+  images that size, so one compiled program serves them; None: sides drawn in 320..640)."""
   from jaxface.data import synthetic
-  gt = synthetic.val_ground_truth(num_images, seed)
-  faces = synthetic.SyntheticFaces('val', num_images, seed=seed)
+  gt = synthetic.val_ground_truth(num_images, seed, image_size)
+  faces = synthetic.SyntheticFaces('val', num_images, seed=seed, image_size=image_size)
   index = {(e, n): i for i, (e, n) in enumerate((e, n) for e, names in zip(gt.events, gt.files) for n in names)}
   return gt, lambda event, name: faces[index[(event, name)]][0]
 
@@ -162,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if dataset == 'synthetic':
     n = args.synthetic_images or trained_on.get('val_images', 500)
     seed = args.synthetic_seed if args.synthetic_seed is not None else trained_on.get('val_seed', 1)
-    gt, load = synthetic_val(n, seed)
+    size = trained_on.get('val_image_size')
+    gt, load = synthetic_val(n, seed, tuple(size) if size else None)
   else:
     gt_dir = args.gt or (os.path.join(args.wider_root, 'ground_truth') if args.wider_root else None)
     if gt_dir is None:

@@ -1,0 +1,306 @@
+"""The training loop behind `train.py`: state, loader, compiled step, checkpoints, logs, evaluation.
+
+    state = train(config, workdir)   # resumes from the workdir's latest checkpoint if there is one
+
+The host only feeds batches, reads metrics one step behind (so the device never waits for the
+host), and decides: log, evaluate, checkpoint, stop. Every batch is a pure function of
+(seed, step), so resuming from a checkpoint's step continues the run exactly.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxface import checkpoint_io, convert
+from jaxface.data import augment_retinaface, pipeline
+from jaxface.models import retinaface
+from jaxface.training import checkpoints, datasets, parallel
+from jaxface.training import train_step as ts
+from jaxface.training.metric_writers import MetricWriters
+
+LOSS_TERMS = ('loss', 'loss_loc', 'loss_cls', 'loss_landm')
+
+
+class NonFiniteLoss(RuntimeError):
+  """The loss or the gradient became NaN/inf (the update was not applied)."""
+
+
+def guarded_step(state: ts.TrainState, batch, *, axis_name: str | None = None, **kwargs):
+  """`train_step` that never applies a non-finite update: the old state is kept instead, and
+  `metrics['nonfinite']` says so. The host decides whether to stop or go on (config)."""
+  new, metrics = ts.train_step(state, batch, axis_name=axis_name, **kwargs)
+  ok = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  if axis_name is not None:
+    ok = jax.lax.pmin(ok.astype(jnp.int32), axis_name).astype(bool)
+  kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
+  # The batch was consumed either way: the step (the data stream's position) advances.
+  return kept.replace(step=new.step), dict(metrics, nonfinite=~ok)
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  return math.ceil(num_examples / global_batch)  # the reference's epoch_size
+
+
+def initial_variables(model, config, rng) -> dict[str, Any]:
+  """Random init, with the ImageNet backbone (through the converter) when the config names one."""
+  s = config.data.image_size
+  variables = jax.device_get(model.init(rng, jnp.zeros((1, s, s, 3), jnp.float32), train=False))
+  if config.pretrained_backbone:
+    path = config.pretrained_backbone
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'config.pretrained_backbone: no such file {path!r} (the ImageNet weights; set '
+                              f"--config.pretrained_backbone='' to train from scratch)")
+    backbone = convert.convert_file(path, model.spec.backbone)
+    for col in ('params', 'batch_stats'):
+      variables[col] = dict(variables[col], body=backbone[col]['body'])
+    print(f'backbone initialised from {path}', flush=True)
+  return variables
+
+
+class _Preemption:
+  """SIGTERM (and a first Ctrl-C) ask the loop to checkpoint and stop at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    self.requested = True
+    logging.warning('signal %d: checkpointing and stopping after this step', signum)
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def train(config, workdir: str) -> ts.TrainState:
+  parallel.initialize_distributed()
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  say = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
+
+  source = datasets.train_source(config.data)
+  batch_size = config.batch_size
+  per_epoch = steps_per_epoch(len(source), batch_size)
+  total_steps = config.num_steps or config.num_epochs * per_epoch
+  schedule = ts.step_decay(config.learning_rate, per_epoch, tuple(config.decay_epochs), gamma=config.lr_gamma,
+                           warmup_epochs=config.warmup_epochs)
+  tx = ts.sgd(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+  use_pmap = config.parallel == 'pmap'
+  if config.parallel not in ('jit', 'pmap'):
+    raise ValueError(f"config.parallel must be 'jit' or 'pmap', got {config.parallel!r}")
+  model = retinaface(config.arch, bn_axis_name='batch' if use_pmap else None)
+  mesh = parallel.data_mesh()
+  if batch_size % jax.device_count():
+    raise ValueError(f'config.batch_size={batch_size} must be divisible by the {jax.device_count()} devices')
+
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = ts.init_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size,
+                        variables=initial_variables(model, config, jax.random.PRNGKey(config.seed)))
+  state = parallel.replicate(state, mesh)
+  mgr = checkpoints.manager(workdir, keep=config.checkpoint_keep)
+  progress = dict(seed=config.seed, batch_size=batch_size, nonfinite_steps=0, train_seconds=0.0)
+  restored = checkpoints.restore(mgr, state)
+  if restored is not None:
+    state, saved = restored
+    for key in ('seed', 'batch_size'):
+      if saved.get(key) != progress[key]:
+        raise ValueError(f'{workdir} was trained with {key}={saved.get(key)}, the config says {progress[key]}: '
+                         'resuming would not continue the same run (use a new --workdir)')
+    progress.update(saved)
+  start = int(host_copy(state.step))
+  if restored is not None:
+    say(f'resumed from {workdir} at step {start}')
+  if is_main:
+    _write_run_files(workdir, config)
+
+  kwargs = dict(model=model, tx=tx, loc_weight=config.loc_weight)
+  if use_pmap:
+    step_fn = jax.pmap(functools.partial(guarded_step, axis_name='batch', **kwargs), axis_name='batch',
+                       donate_argnums=0)
+    run_state = jax.tree_util.tree_map(lambda x: jnp.stack([host_copy(x)] * jax.local_device_count()), state)
+    to_device = parallel.pmap_batch
+  else:
+    data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+    step_fn = jax.jit(functools.partial(guarded_step, **kwargs), in_shardings=(replicated, data_sharding),
+                      out_shardings=(replicated, replicated), donate_argnums=0)
+    run_state = state
+    to_device = functools.partial(parallel.global_batch, mesh=mesh)
+
+  def global_state(st):  # what is checkpointed: the state replicated over the mesh, in either mode
+    if not use_pmap:
+      return st
+    return parallel.replicate(jax.tree_util.tree_map(lambda x: host_copy(x[0]), st), mesh)
+
+  loader_cfg = pipeline.LoaderConfig(global_batch_size=batch_size, image_size=config.data.image_size,
+                                     max_faces=config.data.max_faces, seed=config.seed,
+                                     num_workers=config.data.num_workers, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  augment = functools.partial(augment_retinaface.retinaface_augment, min_face=config.data.min_face)
+  val = datasets.val_set(config.data) if (config.eval_every_steps and is_main) else None
+  evaluator = _Evaluator(config.arch, val) if val is not None else None
+  writers = MetricWriters(workdir) if is_main else None
+  guard = _NonFiniteGuard(config.skip_nonfinite, mgr, progress)
+
+  pending = []  # device metrics since the last log line
+  window_start, window_images = time.time(), 0
+  step = start
+  try:
+    with _Preemption() as preempt:
+      for batch in pipeline.batches(source, augment, loader_cfg, start_step=start, num_steps=total_steps - start):
+        try:
+          run_state, metrics = step_fn(run_state, to_device(batch))
+        except Exception as e:  # noqa: BLE001  out of device memory: say what to try
+          raise _with_oom_hint(e, batch_size, jax.device_count()) from e
+        step += 1
+        pending.append(metrics)
+        window_images += batch_size
+        guard.add(step, metrics)
+        guard.check(keep_last=1)  # step s-1's flag, read while step s runs: the device never waits
+        if step % config.log_every_steps == 0 or step == total_steps:
+          now = time.time()
+          progress['train_seconds'] += now - window_start
+          _log(pending, step, total_steps, per_epoch, schedule, window_images / max(now - window_start, 1e-9),
+               progress, batch, writers, say)
+          pending, window_start, window_images = [], time.time(), 0
+        if step % config.checkpoint_every_steps == 0 or step == total_steps or preempt.requested:
+          guard.check(keep_last=0)  # a checkpoint never claims a step whose update failed unnoticed
+          checkpoints.save(mgr, step, global_state(run_state), progress)
+          guard.last_saved = step
+        if config.crash_after_step and step == config.crash_after_step:
+          os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests): no cleanup, saves in flight die
+        if evaluator is not None and (step % config.eval_every_steps == 0 or step == total_steps):
+          ap = evaluator(jax.tree_util.tree_map(host_copy, (run_state.params, run_state.batch_stats)), step, say)
+          writers.write_scalars(step, {f'val/ap_{k}': v for k, v in ap.items()})
+        if preempt.requested:
+          mgr.wait_until_finished()
+          say(f'stopped at step {step} on request; checkpoint saved in {workdir} (run the same command to resume)')
+          break
+  finally:
+    mgr.wait_until_finished()
+    mgr.close()
+    if writers is not None:
+      writers.close()
+  return jax.device_get(jax.tree_util.tree_map(host_copy, global_state(run_state)))
+
+
+def host_copy(x: jax.Array) -> np.ndarray:
+  """This host's copy of a replicated array (works across hosts, where `device_get` of a global
+  array would not); under pmap, the first device's replica is taken by the caller."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+
+class _NonFiniteGuard:
+  """Reads the steps' `nonfinite` flags (the updates were already withheld on device) and stops
+  the run, naming the step and the last good checkpoint, or counts and goes on."""
+
+  def __init__(self, skip: bool, mgr, progress: dict[str, Any]):
+    self.skip, self.mgr, self.progress = skip, mgr, progress
+    self.unchecked: list[tuple[int, Any]] = []
+    self.last_saved = mgr.latest_step()
+
+  def add(self, step: int, metrics) -> None:
+    self.unchecked.append((step, metrics['nonfinite']))
+
+  def check(self, keep_last: int) -> None:
+    while len(self.unchecked) > keep_last:
+      step, flag = self.unchecked.pop(0)
+      if not bool(np.any(jax.device_get(flag))):
+        continue
+      self.progress['nonfinite_steps'] = self.progress.get('nonfinite_steps', 0) + 1
+      if self.skip:
+        logging.warning('step %d: non-finite loss or gradient; update skipped (%d so far)', step,
+                        self.progress['nonfinite_steps'])
+        continue
+      self.mgr.wait_until_finished()
+      where = (f'the last good checkpoint is step {self.last_saved} in {self.mgr.directory}' if self.last_saved
+               else 'no checkpoint was saved yet')
+      raise NonFiniteLoss(f'step {step}: the loss or the gradient is not finite (the update was not applied); '
+                          f'{where}. Lower the learning rate, check the data, or set --config.skip_nonfinite=True '
+                          'to skip such steps and count them.')
+
+
+def _log(pending, step, total, per_epoch, schedule, images_per_s, progress, batch, writers, say) -> None:
+  host = jax.device_get(pending)
+  mean = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in (*LOSS_TERMS, 'grad_norm')}
+  mean['num_pos'] = float(np.mean([np.mean(m['num_pos']) for m in host]))  # global count (psum'd under pmap)
+  lr = float(schedule(step - 1))
+  eta = (total - step) * (progress['train_seconds'] / max(step, 1))
+  say(f'step {step}/{total} epoch {step / per_epoch:.2f} | {images_per_s:.1f} img/s | loss {mean["loss"]:.4f} '
+      f'(loc {mean["loss_loc"]:.4f} cls {mean["loss_cls"]:.4f} landm {mean["loss_landm"]:.4f}) '
+      f'pos {mean["num_pos"]:.0f} | lr {lr:.2e} | ETA {_clock(eta)}')
+  dropped = {k: int(batch[k].sum()) for k in pipeline.COUNTERS}
+  writers.write_scalars(step, {**{f'train/{k}': v for k, v in mean.items()}, 'train/lr': lr,
+                               'train/images_per_s': images_per_s, 'train/epoch': step / per_epoch,
+                               'train/nonfinite_steps': progress.get('nonfinite_steps', 0),
+                               **{f'data/{k}': v for k, v in dropped.items()}})
+
+
+def _clock(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f'{h:d}:{m:02d}:{s:02d}'
+
+
+def _with_oom_hint(e: Exception, batch_size: int, devices: int) -> Exception:
+  text = str(e)
+  if 'RESOURCE_EXHAUSTED' not in text and 'Out of memory' not in text and 'out of memory' not in text:
+    return e
+  per_device = batch_size // devices
+  return MemoryError(f'out of device memory at {per_device} images per device (batch_size {batch_size} over '
+                     f'{devices} devices): try --config.batch_size={max(devices, (per_device // 2) * devices)} '
+                     f'({max(1, per_device // 2)} per device), or a smaller --config.data.image_size')
+
+
+def _write_run_files(workdir: str, config) -> None:
+  """`config.json` (the resolved config) and `jaxface.json` (what `load_detector` needs)."""
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  meta = dict(arch=config.arch, source='train.py', dataset=datasets.dataset_meta(config.data))
+  with open(os.path.join(workdir, checkpoint_io.META_FILE), 'w') as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+
+
+class _Evaluator:
+  """AP on the val set with the current weights, as `evaluate.py --ckpt` computes it (bucketed
+  sizes, confidence 0.02, the model's NMS); one `Detector`, so its programs compile once."""
+
+  def __init__(self, arch: str, val: datasets.ValSet):
+    self.arch, self.val = arch, val
+    self.detector = None
+
+  def __call__(self, params_and_stats, step: int, say) -> dict[str, float]:
+    from jaxface.detector import Detector
+    from jaxface.evaluation import protocol, runner
+    variables = dict(zip(('params', 'batch_stats'), params_and_stats))
+    if self.detector is None:
+      self.detector = Detector(self.arch, variables, bucketed=True, batch_size=8)
+    else:
+      self.detector.variables = jax.tree_util.tree_map(jnp.asarray, variables)
+    t = time.time()
+    keys = [(e, n) for e, names in zip(self.val.gt.events, self.val.gt.files) for n in names]
+    preds = dict(runner.detect_all(self.detector, keys, self.val.load, test_scale=self.val.test_scale,
+                                   conf_threshold=0.02, nms_threshold=None))
+    result = protocol.evaluate(preds, self.val.gt)
+    say(f'step {step}: val AP easy {result.ap["easy"]:.4f} medium {result.ap["medium"]:.4f} '
+        f'hard {result.ap["hard"]:.4f} ({len(keys)} images, {time.time() - t:.0f} s)')
+    return dict(result.ap)
+

@@ -1,0 +1,171 @@
+"""train.py's loop: exact resume after a kill, non-finite losses, the files a run leaves.
+
+Tiny runs (retinaface_mnet at 64 px, batch 4, the synthetic set). The programs are shared through a
+persistent compilation cache for the module, so the killed subprocess and the resumed run reuse the
+straight run's compile.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxface import checkpoint_io, load_detector
+from jaxface.training import checkpoints, loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 4
+
+TINY = [
+    '--config.data.image_size=64', '--config.batch_size=4', f'--config.num_steps={STEPS}',
+    '--config.data.num_workers=0', '--config.data.synthetic_train_images=10', '--config.data.max_faces=16',
+    '--config.checkpoint_every_steps=1', '--config.log_every_steps=2', '--config.eval_every_steps=0',
+]
+
+
+def tiny_config(**overrides):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('demo_config', os.path.join(ROOT, 'configs', 'retinaface_mnet.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config('demo')
+  for flag in TINY:
+    key, value = flag[len('--config.'):].split('=')
+    *path, leaf = key.split('.')
+    node = c
+    for p in path:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value)
+  for key, value in overrides.items():
+    *path, leaf = key.split('.')
+    node = c
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture(scope='module')
+def compile_cache(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('xla_cache'))
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  yield path
+  jax.config.update('jax_compilation_cache_dir', old[0])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
+
+
+@pytest.fixture(scope='module')
+def straight_run(compile_cache, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  state = loop.train(tiny_config(**{'eval_every_steps': STEPS, 'data.synthetic_val_images': 4,
+                                    'data.synthetic_val_image_size': (64, 96)}), workdir)
+  return workdir, state
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_resume_after_kill_continues_exactly(straight_run, compile_cache, tmp_path):
+  _, straight = straight_run
+  workdir = str(tmp_path / 'killed')
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'),
+                         '--config', os.path.join(ROOT, 'configs', 'retinaface_mnet.py') + ':demo',
+                         '--workdir', workdir, *TINY, f'--config.crash_after_step={STEPS // 2 + 1}'],
+                        capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  # The kill came right after step 3's save started: whatever made it to disk, the latest finished
+  # checkpoint is whole and is step 2 or 3.
+  mgr = checkpoints.manager(workdir, keep=3)
+  resumed_from = mgr.latest_step()
+  mgr.close()
+  assert resumed_from in (STEPS // 2, STEPS // 2 + 1)
+
+  resumed = loop.train(tiny_config(), workdir)
+  assert int(resumed.step) == STEPS
+  for name in ('params', 'batch_stats', 'opt_state'):
+    for a, b in zip(_leaves(getattr(straight, name)), _leaves(getattr(resumed, name))):
+      np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=name)
+  # Not trivially equal: the run moved the weights.
+  init = loop.initial_variables(loop.retinaface('retinaface_mnet'), tiny_config(), jax.random.PRNGKey(0))
+  moved = max(float(np.abs(a - b).max()) for a, b in zip(_leaves(init['params']), _leaves(resumed.params)))
+  assert moved > 1e-4
+
+
+def test_workdir_is_a_detector_checkpoint(straight_run):
+  workdir, state = straight_run
+  meta = checkpoint_io.read_meta(workdir)
+  assert meta['arch'] == 'retinaface_mnet' and meta['dataset']['name'] == 'synthetic'
+  variables, meta = checkpoint_io.load_variables(workdir)
+  assert meta['step'] == STEPS
+  for a, b in zip(_leaves(state.params), _leaves(variables['params'])):
+    np.testing.assert_array_equal(a, b)
+  assert load_detector(workdir).arch == 'retinaface_mnet'
+  config = json.load(open(os.path.join(workdir, 'config.json')))
+  assert config['num_steps'] == STEPS and config['data']['image_size'] == 64
+  lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
+  train_lines = [x for x in lines if 'train/loss' in x]
+  assert [x['step'] for x in train_lines] == [2, 4]
+  assert all(np.isfinite(x['train/loss']) and x['train/loss'] > 0 for x in train_lines)
+  val = [x for x in lines if 'val/ap_easy' in x]  # the periodic evaluation ran at the end
+  assert [x['step'] for x in val] == [STEPS] and all(0 <= val[0][f'val/ap_{s}'] <= 1 for s in ('easy', 'hard'))
+  assert any(name.startswith('events.out.tfevents.') for name in os.listdir(workdir))
+
+
+def test_finished_run_resumes_to_nothing(straight_run):
+  workdir, state = straight_run
+  again = loop.train(tiny_config(), workdir)
+  for a, b in zip(_leaves(state.params), _leaves(again.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_resume_refuses_a_different_seed(straight_run):
+  workdir, _ = straight_run
+  with pytest.raises(ValueError, match='seed'):
+    loop.train(tiny_config(seed=1), workdir)
+
+
+def test_nonfinite_loss_stops_or_skips(compile_cache, tmp_path):
+  # A learning rate this large sends the weights to ~1e30 after step 1; step 2's loss is not finite.
+  blowup = dict(learning_rate=1e30, warmup_epochs=0.0, num_steps=3)
+  with pytest.raises(loop.NonFiniteLoss, match=r'step 2: .*last good checkpoint is step 1'):
+    loop.train(tiny_config(**blowup), str(tmp_path / 'stop'))
+  mgr = checkpoints.manager(str(tmp_path / 'stop'), keep=3)
+  assert mgr.latest_step() == 1
+  mgr.close()
+
+  # skip_nonfinite is a host decision: the same compiled program, so this run hits the cache.
+  state = loop.train(tiny_config(skip_nonfinite=True, **blowup), str(tmp_path / 'skip'))
+  after_step_1, _ = checkpoint_io.load_variables(str(tmp_path / 'stop'))
+  assert int(state.step) == 3
+  for a, b in zip(_leaves(after_step_1['params']), _leaves(state.params)):
+    np.testing.assert_array_equal(a, b)  # steps 2 and 3 were withheld
+  assert all(np.isfinite(x).all() for x in _leaves(state.params))
+  progress = checkpoints.read_progress(str(tmp_path / 'skip'))
+  assert progress['step'] == 3 and progress['nonfinite_steps'] == 2
+
+
+def test_missing_wider_root_is_a_clear_error(tmp_path):
+  c = tiny_config(**{'data.dataset': 'wider', 'data.wider_root': str(tmp_path / 'nowhere')})
+  with pytest.raises(FileNotFoundError, match=r'train/label\.txt'):
+    loop.train(c, str(tmp_path / 'w'))
+  c = tiny_config(**{'data.dataset': 'wider', 'data.wider_root': ''})
+  with pytest.raises(FileNotFoundError, match='wider_root'):
+    loop.train(c, str(tmp_path / 'w'))
+
+
+def test_train_py_rejects_unknown_config_fields(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'),
+                         '--config', os.path.join(ROOT, 'configs', 'retinaface_mnet.py') + ':demo',
+                         '--workdir', str(tmp_path), '--config.no_such_field=1'],
+                        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.returncode != 0
+  assert 'no_such_field' in proc.stderr
