@@ -136,7 +136,7 @@ def train(config, workdir: str) -> ts.TrainState:
   if use_pmap:
     step_fn = jax.pmap(functools.partial(guarded_step, axis_name='batch', **kwargs), axis_name='batch',
                        donate_argnums=0)
-    run_state = jax.tree_util.tree_map(lambda x: jnp.stack([host_copy(x)] * jax.local_device_count()), state)
+    run_state = parallel.pmap_replicate(jax.tree_util.tree_map(host_copy, state))
     to_device = parallel.pmap_batch
   else:
     data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))

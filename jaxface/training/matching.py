@@ -182,8 +182,9 @@ def _overlap_passes(boxes: jax.Array, usable: jax.Array, ignore: jax.Array | Non
     bp_idx = jax.lax.dynamic_update_slice_in_dim(bp_idx, arg, g0, 0)
     return bt_iou, bt_idx, bp_iou, bp_idx, ig_iou
 
-  state = (jnp.full((num_priors,), -1.0), jnp.zeros((num_priors,), jnp.int32), jnp.full((padded,), -1.0),
-           jnp.zeros((padded,), jnp.int32), None if ignore is None else jnp.full((num_priors,), -1.0))
+  fill = lambda n: jnp.full((n,), -1.0, areas.dtype)  # the IoUs' dtype, also under jax_enable_x64
+  state = (fill(num_priors), jnp.zeros((num_priors,), jnp.int32), fill(padded), jnp.zeros((padded,), jnp.int32),
+           None if ignore is None else fill(num_priors))
   bt_iou, bt_idx, bp_iou, bp_idx, ig_iou = jax.lax.fori_loop(0, num_steps, step, state)
   return bt_iou, bt_idx, bp_iou[:num_gt], bp_idx[:num_gt], ig_iou
 

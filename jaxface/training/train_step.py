@@ -97,7 +97,16 @@ def make_train_step(model: RetinaFace, tx: optax.GradientTransformation, **kwarg
 def make_sharded_train_step(model: RetinaFace, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                             **kwargs):
   """`train_step` jitted over `mesh` (1-D, axis 'data'): batch leaves split on their leading axis,
-  the state replicated and donated. The global batch must divide by the mesh size."""
+  the state replicated and donated. The global batch must divide by the mesh size.
+
+  The mesh axis must be `Auto` (`jaxface.training.parallel.data_mesh`). On an `Explicit` axis,
+  `jax.make_mesh`'s default in JAX 0.10, a state placed on the mesh makes every intermediate
+  computed from a numpy batch replicated (each device runs the whole batch), and a sharded batch
+  fails to trace.
+  """
+  if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+    raise ValueError(f'make_sharded_train_step needs Auto mesh axes, got {mesh.axis_types}: build the mesh with '
+                     'parallel.data_mesh() or jax.make_mesh(..., axis_types=(jax.sharding.AxisType.Auto,))')
   P = jax.sharding.PartitionSpec
   replicated = jax.sharding.NamedSharding(mesh, P())
   data = jax.sharding.NamedSharding(mesh, P('data'))

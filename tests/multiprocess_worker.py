@@ -1,0 +1,65 @@
+"""One process of tests/test_multiprocess.py: two steps of the sharded train step over the devices
+of every process, each process loading only its slice of the global batch.
+
+  JAX_COORDINATOR_ADDRESS=127.0.0.1:port JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=i \
+    python tests/multiprocess_worker.py --local-devices 2 --out result_{process}.npz
+
+Without those variables it is the one-process reference. Writes the parameters, BN statistics
+and metrics (float64, see train_parity.py) to `--out`; exits with `SKIP` when this platform
+cannot run collectives between CPU processes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import train_parity as tp
+
+SKIP = 77  # the exit status that makes the test skip, not fail
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--local-devices', type=int, default=1)
+  parser.add_argument('--out', required=True, help='npz path; {process} is replaced by the process index')
+  parser.add_argument('--init-timeout', type=int, default=120, help='seconds to wait for the other processes')
+  args = parser.parse_args()
+  tp.configure(args.local_devices)
+
+  import jax
+  import numpy as np
+  from jaxface.training import parallel
+  from jaxface.training import train_step as ts
+
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  parallel.initialize_distributed(timeout_s=args.init_timeout)
+  me = f'process {jax.process_index()}/{jax.process_count()}'
+  mesh = parallel.data_mesh()
+  # The smallest cross-process collective, no jaxface code: a runtime error here is the platform.
+  ones = jax.make_array_from_callback((jax.device_count(),), jax.sharding.NamedSharding(mesh, parallel.P('data')),
+                                      lambda index: np.ones((jax.device_count(),), np.int32)[index])
+  try:
+    total = int(jax.jit(lambda x: x.sum(), out_shardings=jax.sharding.NamedSharding(mesh, parallel.P()))(ones))
+  except jax.errors.JaxRuntimeError as e:  # e.g. "Multiprocess computations aren't implemented on the CPU backend"
+    print(f'{me}: CPU collectives unavailable: {e}', flush=True)
+    return SKIP
+  assert total == jax.device_count(), (total, jax.device_count())
+
+  t = time.perf_counter()
+  batches = tp.host_batches(jax.process_index(), jax.process_count())
+  step = ts.make_sharded_train_step(tp.model(), tp.optimizer(), mesh)
+  state = parallel.replicate(tp.initial_state(), mesh)
+  metrics = []
+  for b in batches:
+    state, m = step(state, parallel.global_batch(b, mesh))
+    metrics.append(m)
+  out = tp.snapshot(state, metrics)
+  np.savez(args.out.format(process=jax.process_index()), **out)
+  print(f'{me}: {len(batches)} steps on {jax.device_count()} devices, host batch '
+        f'{len(batches[0]["image"])}, in {time.perf_counter() - t:.1f} s', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

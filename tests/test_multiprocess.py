@@ -1,0 +1,85 @@
+"""Two processes on localhost (jax.distributed, gloo CPU collectives, 2 CPU devices each) train
+exactly as one process does on the same global batch.
+
+Each process loads only its half of every global batch (`LoaderConfig(process_index, 2)`) and
+`parallel.global_batch` assembles them; two steps of `make_sharded_train_step` must give the
+parameters, BN statistics and metrics of one process with one device within 1e-5 (float64, see
+train_parity.py). The three processes run at once; each one's output is shown on failure.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import train_parity as tp
+from conftest import REPO_ROOT
+
+WORKER = REPO_ROOT / 'tests' / 'multiprocess_worker.py'
+SKIP = 77           # multiprocess_worker.SKIP: no CPU collectives on this platform
+TIMEOUT_S = 900     # three compiles of the train step sharing the machine's cores
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+  """This environment without distributed settings or proxies (gRPC would send the coordinator
+  traffic to a proxy and hang), plus `extra`."""
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith('JAX_') and '_proxy' not in k.lower()}
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / 'tests')])
+  env.update(extra)
+  return env
+
+
+def test_two_processes_match_one(tmp_path):
+  port = _free_port()
+  address = f'127.0.0.1:{port}'
+  jobs = {'reference': (1, _env())}
+  for i in range(2):
+    jobs[f'process {i}'] = (2, _env(JAX_COORDINATOR_ADDRESS=address, JAX_COORDINATOR_BIND_ADDRESS=address,
+                                    JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i)))
+  procs, logs = {}, {}
+  t = time.perf_counter()
+  for name, (devices, env) in jobs.items():
+    out = tmp_path / ('reference.npz' if name == 'reference' else 'result_{process}.npz')
+    logs[name] = open(tmp_path / f'{name.replace(" ", "_")}.log', 'w+')
+    procs[name] = subprocess.Popen([sys.executable, str(WORKER), '--local-devices', str(devices), '--out', str(out)],
+                                   stdout=logs[name], stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+  try:
+    for p in procs.values():
+      p.wait(timeout=max(1.0, TIMEOUT_S - (time.perf_counter() - t)))
+  except subprocess.TimeoutExpired:
+    pass
+  finally:
+    for p in procs.values():
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+  def output(name: str) -> str:
+    logs[name].seek(0)
+    lines = [l for l in logs[name].read().splitlines() if 'Warning' not in l and 'warnings.warn' not in l]
+    logs[name].close()
+    return f'--- {name} (exit {procs[name].returncode}) ---\n' + '\n'.join(lines[-40:])
+  report = '\n'.join(output(name) for name in procs)
+  print(report)
+  if any(p.returncode == SKIP for p in procs.values()):
+    pytest.skip('this platform cannot run collectives between CPU processes:\n' + report)
+  assert all(p.returncode == 0 for p in procs.values()), (
+      f'a worker failed or ran past {TIMEOUT_S} s (exit -9 = killed)\n{report}')
+
+  ref = dict(np.load(tmp_path / 'reference.npz'))
+  ok = True
+  for i in range(2):
+    ok &= tp.compare(f'process {i} vs one process', ref, dict(np.load(tmp_path / f'result_{i}.npz')))
+  assert ok, 'two processes differ from one by more than 1e-5 (worst differences printed above)'
