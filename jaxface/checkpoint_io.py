@@ -42,8 +42,9 @@ def read_meta(directory: str) -> dict[str, Any]:
   return meta
 
 
-def load_variables(directory: str) -> tuple[Any, dict[str, Any]]:
-  """Returns `(variables as numpy arrays, meta)`."""
+def load_variables(directory: str, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+  """Returns `(variables as numpy arrays, meta)`; `step` picks a training workdir's checkpoint
+  (default: the latest)."""
   directory = os.path.abspath(directory)
   meta = read_meta(directory)
   if not os.path.isdir(os.path.join(directory, VARIABLES_DIR)):
@@ -51,7 +52,9 @@ def load_variables(directory: str) -> tuple[Any, dict[str, Any]]:
     if not os.path.isdir(os.path.join(directory, checkpoints.CHECKPOINTS_DIR)):
       raise FileNotFoundError(f'{directory} has {META_FILE} but neither {VARIABLES_DIR}/ (converted weights) '
                               f'nor {checkpoints.CHECKPOINTS_DIR}/ (a training run)')
-    variables, step = checkpoints.latest_variables(directory)
+    variables, step = checkpoints.latest_variables(directory, step)
     return jax.tree_util.tree_map(np.asarray, variables), dict(meta, step=step)
+  if step is not None:
+    raise ValueError(f'{directory} holds converted weights ({VARIABLES_DIR}/), not training checkpoints: no step to pick')
   variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
   return jax.tree_util.tree_map(np.asarray, variables), meta

@@ -99,15 +99,16 @@ class Detector:
     return bbox[0], logits[0], landmarks[0]
 
 
-def load_detector(path: str, arch: str | None = None, **kwargs) -> Detector:
-  """A `Detector` from a PyTorch checkpoint (`.pth`/`.tar`, needs `arch`) or a converted directory.
+def load_detector(path: str, arch: str | None = None, *, step: int | None = None, **kwargs) -> Detector:
+  """A `Detector` from a PyTorch checkpoint (`.pth`/`.tar`, needs `arch`), a converted directory,
+  or a `train.py` workdir (its latest checkpoint, or `step`'s).
 
   Keyword arguments go to `Detector` (`bucketed`, `batch_size`, `postprocess`).
   """
   if arch is not None and arch not in SPECS:
     raise ValueError(f'unknown arch {arch!r}; valid: {", ".join(sorted(SPECS))}')
   if os.path.isdir(path):
-    variables, meta = checkpoint_io.load_variables(path)
+    variables, meta = checkpoint_io.load_variables(path, step)
     if arch is not None and arch != meta['arch']:
       raise ValueError(f'{path} holds a {meta["arch"]} checkpoint, not {arch}')
     if meta['arch'] not in SPECS:

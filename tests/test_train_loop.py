@@ -27,6 +27,10 @@ TINY = [
 ]
 
 
+# The straight run also evaluates at its end, on a tiny val set.
+WITH_EVAL = {'eval_every_steps': STEPS, 'data.synthetic_val_images': 4, 'data.synthetic_val_image_size': (64, 96)}
+
+
 def tiny_config(**overrides):
   import importlib.util
   spec = importlib.util.spec_from_file_location('demo_config', os.path.join(ROOT, 'configs', 'retinaface_mnet.py'))
@@ -63,8 +67,7 @@ def compile_cache(tmp_path_factory):
 @pytest.fixture(scope='module')
 def straight_run(compile_cache, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('straight'))
-  state = loop.train(tiny_config(**{'eval_every_steps': STEPS, 'data.synthetic_val_images': 4,
-                                    'data.synthetic_val_image_size': (64, 96)}), workdir)
+  state = loop.train(tiny_config(**WITH_EVAL), workdir)
   return workdir, state
 
 
@@ -109,6 +112,10 @@ def test_workdir_is_a_detector_checkpoint(straight_run):
   for a, b in zip(_leaves(state.params), _leaves(variables['params'])):
     np.testing.assert_array_equal(a, b)
   assert load_detector(workdir).arch == 'retinaface_mnet'
+  older, _ = checkpoint_io.load_variables(workdir, step=STEPS - 1)
+  assert any(not np.array_equal(a, b) for a, b in zip(_leaves(older['params']), _leaves(state.params)))
+  with pytest.raises(FileNotFoundError, match='no checkpoint for step 99'):
+    checkpoint_io.load_variables(workdir, step=99)
   config = json.load(open(os.path.join(workdir, 'config.json')))
   assert config['num_steps'] == STEPS and config['data']['image_size'] == 64
   lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -122,7 +129,7 @@ def test_workdir_is_a_detector_checkpoint(straight_run):
 
 def test_finished_run_resumes_to_nothing(straight_run):
   workdir, state = straight_run
-  again = loop.train(tiny_config(), workdir)
+  again = loop.train(tiny_config(**WITH_EVAL), workdir)
   for a, b in zip(_leaves(state.params), _leaves(again.params)):
     np.testing.assert_array_equal(a, b)
 
@@ -169,3 +176,17 @@ def test_train_py_rejects_unknown_config_fields(tmp_path):
                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
   assert proc.returncode != 0
   assert 'no_such_field' in proc.stderr
+
+
+def test_evaluate_py_reproduces_the_periodic_ap(straight_run, tmp_path):
+  """`evaluate.py --ckpt WORKDIR` finds the val set in the workdir's metadata and prints the AP the
+  run logged at its last evaluation."""
+  from jaxface.evaluation import runner
+  workdir, _ = straight_run
+  out = str(tmp_path / 'ap.json')
+  assert runner.main(['--ckpt', workdir, '--json', out, '--out', str(tmp_path / 'preds')]) == 0
+  logged = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
+  logged = [x for x in logged if 'val/ap_easy' in x][-1]
+  ap = json.load(open(out))['ap']
+  for s in ('easy', 'medium', 'hard'):
+    assert ap[s] == pytest.approx(logged[f'val/ap_{s}'], abs=1e-9)

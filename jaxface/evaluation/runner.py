@@ -121,6 +121,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                   'existing prediction folder (--preds).')
   what = p.add_mutually_exclusive_group(required=True)
   what.add_argument('--ckpt', help='jaxface checkpoint directory (from train.py or python -m jaxface.convert)')
+  p.add_argument('--step', type=int, help='with --ckpt on a train.py workdir: this checkpoint step (default: latest)')
   what.add_argument('--preds', help='prediction folder <event>/<name>.txt (from jaxface or any detector)')
   p.add_argument('--gt', help='folder with the four WIDER .mat files (default: <wider-root>/ground_truth)')
   p.add_argument('--dataset', choices=('wider', 'synthetic'),
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.ckpt:
     from jaxface import load_detector
     pred_dir = args.out or os.path.join(args.ckpt, f'widerface_{dataset}_{args.test_scale}')
-    detector = load_detector(args.ckpt, bucketed=not args.exact, batch_size=args.batch_size)
+    detector = load_detector(args.ckpt, step=args.step, bucketed=not args.exact, batch_size=args.batch_size)
     keys = shard([(e, n) for e, names in zip(gt.events, gt.files) for n in names], args.num_shards, args.shard_index)
     say(f'{detector.arch} on {len(keys)} {dataset} val images, test scale {args.test_scale}, '
         f'conf {args.conf}, writing {pred_dir}')

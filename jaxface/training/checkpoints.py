@@ -48,15 +48,18 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
   return out['state'], out['progress']
 
 
-def latest_variables(workdir: str) -> tuple[dict[str, Any], int]:
-  """`({'params', 'batch_stats'}, step)` of a workdir's latest checkpoint, as numpy, without
-  knowing the optimizer (for inference and evaluation)."""
+def latest_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
+  """`({'params', 'batch_stats'}, step)` of a workdir's latest (or `step`'s) checkpoint, as
+  numpy, without knowing the optimizer (for inference and evaluation)."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
   mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                               item_names=('state', 'progress'))
-  step = mgr.latest_step()
   if step is None:
-    raise FileNotFoundError(f'{directory} holds no finished checkpoint')
+    step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{directory} holds no finished checkpoint')
+  elif step not in mgr.all_steps():
+    raise FileNotFoundError(f'{directory} has no checkpoint for step {step}; it has {sorted(mgr.all_steps())}')
   state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   mgr.close()
   return {'params': state['params'], 'batch_stats': state['batch_stats']}, step
