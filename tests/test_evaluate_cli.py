@@ -116,3 +116,18 @@ def test_ckpt_on_a_wider_root(ckpt, tmp_path):
   assert proc.returncode == 1
   assert f'error: ' in proc.stderr and f'{gt.files[0][3]}.jpg: not a decodable image' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_synthetic_val_loader_gives_each_file_its_own_image():
+  """The ground truth groups images by event, so a file's position is not its image index: the
+  loader must return the image the file's boxes were drawn on."""
+  from jaxface.data import synthetic
+  from jaxface.evaluation import runner
+  gt, load = runner.synthetic_val(12, seed=3, image_size=(64, 80))
+  faces = synthetic.SyntheticFaces('val', 12, seed=3, image_size=(64, 80))
+  keys = [(e, n) for e, names in zip(gt.events, gt.files) for n in names]
+  assert len(gt.events) > 1 and [n for _, n in keys] != [f'synthetic_{i}' for i in range(12)]
+  for (event, name), boxes in zip(keys, (b for per_event in gt.boxes for b in per_event)):
+    i = int(name.split('_')[1])
+    np.testing.assert_array_equal(load(event, name), faces[i][0])
+    np.testing.assert_array_equal(boxes, synthetic.wider_boxes(faces.render(i, pixels=False).sample.boxes))

@@ -103,7 +103,8 @@ def synthetic_val(num_images: int, seed: int, image_size: tuple[int, int] | None
   from jaxface.data import synthetic
   gt = synthetic.val_ground_truth(num_images, seed, image_size)
   faces = synthetic.SyntheticFaces('val', num_images, seed=seed, image_size=image_size)
-  index = {(e, n): i for i, (e, n) in enumerate((e, n) for e, names in zip(gt.events, gt.files) for n in names)}
+  # The ground truth groups images by event; an image's index is in its name (`synthetic_<i>`).
+  index = {(e, n): int(n.rsplit('_', 1)[1]) for e, names in zip(gt.events, gt.files) for n in names}
   return gt, lambda event, name: faces[index[(event, name)]][0]
 
 
