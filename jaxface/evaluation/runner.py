@@ -78,10 +78,11 @@ def detect_all(detector, keys: Sequence[tuple[str, str]], load: Callable[[str, s
     if progress is not None:
       done = min(first + chunk, len(keys))
       rate = done / max(time.time() - start, 1e-9)
-      progress(f'[{done:5d}/{len(keys)}] {rate:5.1f} img/s  ETA {_clock((len(keys) - done) / rate)}')
+      progress(f'[{done:5d}/{len(keys)}] {rate:5.1f} img/s  ETA {clock((len(keys) - done) / rate)}')
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+  """`h:mm:ss`, for progress lines and ETAs."""
   m, s = divmod(int(seconds), 60)
   h, m = divmod(m, 60)
   return f'{h:d}:{m:02d}:{s:02d}'
@@ -159,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   meta = {}
   if args.ckpt:
     from jaxface.checkpoint_io import read_meta
-    meta = read_meta(args.ckpt)
+    try:
+      meta = read_meta(args.ckpt)
+    except (FileNotFoundError, ValueError) as e:
+      say(f'error: {e}')
+      return 2
   trained_on = meta.get('dataset', {})
   dataset = args.dataset or trained_on.get('name', 'wider')
 
@@ -189,7 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.ckpt:
     from jaxface import load_detector
     pred_dir = args.out or os.path.join(args.ckpt, f'widerface_{dataset}_{args.test_scale}')
-    detector = load_detector(args.ckpt, step=args.step, bucketed=not args.exact, batch_size=args.batch_size)
+    try:
+      detector = load_detector(args.ckpt, step=args.step, bucketed=not args.exact, batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError) as e:  # no such step, an unreadable or wrong checkpoint
+      say(f'error: {e}')
+      return 2
     keys = shard([(e, n) for e, names in zip(gt.events, gt.files) for n in names], args.num_shards, args.shard_index)
     say(f'{detector.arch} on {len(keys)} {dataset} val images, test scale {args.test_scale}, '
         f'conf {args.conf}, writing {pred_dir}')

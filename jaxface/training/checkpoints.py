@@ -48,30 +48,30 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
   return out['state'], out['progress']
 
 
-def latest_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
-  """`({'params', 'batch_stats'}, step)` of a workdir's latest (or `step`'s) checkpoint, as
-  numpy, without knowing the optimizer (for inference and evaluation)."""
+def _read(workdir: str, step: int | None, **items) -> tuple[dict[str, Any], int]:
+  """Restores `items` of the latest (or `step`'s) finished checkpoint, read-only."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
   mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                               item_names=('state', 'progress'))
-  if step is None:
-    step = mgr.latest_step()
+  try:
     if step is None:
-      raise FileNotFoundError(f'{directory} holds no finished checkpoint')
-  elif step not in mgr.all_steps():
-    raise FileNotFoundError(f'{directory} has no checkpoint for step {step}; it has {sorted(mgr.all_steps())}')
-  state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-  mgr.close()
-  return {'params': state['params'], 'batch_stats': state['batch_stats']}, step
+      step = mgr.latest_step()
+      if step is None:
+        raise FileNotFoundError(f'{directory} holds no finished checkpoint')
+    elif step not in mgr.all_steps():
+      raise FileNotFoundError(f'{directory} has no checkpoint for step {step}; it has {sorted(mgr.all_steps())}')
+    return mgr.restore(step, args=ocp.args.Composite(**items)), step
+  finally:
+    mgr.close()
+
+
+def latest_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
+  """`({'params', 'batch_stats'}, step)` of a workdir's latest (or `step`'s) checkpoint, as
+  numpy, without knowing the optimizer (for inference and evaluation)."""
+  out, step = _read(workdir, step, state=ocp.args.StandardRestore())
+  return {'params': out['state']['params'], 'batch_stats': out['state']['batch_stats']}, step
 
 
 def read_progress(workdir: str, step: int | None = None) -> dict[str, Any]:
   """The progress record (step, seed, counters) of the latest (or `step`'s) checkpoint."""
-  mgr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR),
-                              options=ocp.CheckpointManagerOptions(read_only=True), item_names=('state', 'progress'))
-  step = mgr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'{workdir} holds no finished checkpoint')
-  progress = mgr.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))['progress']
-  mgr.close()
-  return progress
+  return _read(workdir, step, progress=ocp.args.JsonRestore())[0]['progress']

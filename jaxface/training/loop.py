@@ -24,6 +24,7 @@ import optax
 
 from jaxface import checkpoint_io, convert
 from jaxface.data import augment_retinaface, pipeline
+from jaxface.evaluation.runner import clock
 from jaxface.models import retinaface
 from jaxface.training import checkpoints, datasets, parallel
 from jaxface.training import train_step as ts
@@ -145,10 +146,11 @@ def train(config, workdir: str) -> ts.TrainState:
     run_state = state
     to_device = functools.partial(parallel.global_batch, mesh=mesh)
 
+  def host_state(st):  # this host's numpy copy of a replicated tree (pmap: device 0's replica)
+    return jax.tree_util.tree_map(lambda x: host_copy(x[0]) if use_pmap else host_copy(x), st)
+
   def global_state(st):  # what is checkpointed: the state replicated over the mesh, in either mode
-    if not use_pmap:
-      return st
-    return parallel.replicate(jax.tree_util.tree_map(lambda x: host_copy(x[0]), st), mesh)
+    return parallel.replicate(host_state(st), mesh) if use_pmap else st
 
   loader_cfg = pipeline.LoaderConfig(global_batch_size=batch_size, image_size=config.data.image_size,
                                      max_faces=config.data.max_faces, seed=config.seed,
@@ -169,7 +171,10 @@ def train(config, workdir: str) -> ts.TrainState:
         try:
           run_state, metrics = step_fn(run_state, to_device(batch))
         except Exception as e:  # noqa: BLE001  out of device memory: say what to try
-          raise _with_oom_hint(e, batch_size, jax.device_count()) from e
+          hint = _oom_hint(e, batch_size, jax.device_count())
+          if hint is None:
+            raise
+          raise hint from e
         step += 1
         pending.append(metrics)
         window_images += batch_size
@@ -188,7 +193,7 @@ def train(config, workdir: str) -> ts.TrainState:
         if config.crash_after_step and step == config.crash_after_step:
           os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests): no cleanup, saves in flight die
         if evaluator is not None and (step % config.eval_every_steps == 0 or step == total_steps):
-          ap = evaluator(jax.tree_util.tree_map(host_copy, (run_state.params, run_state.batch_stats)), step, say)
+          ap = evaluator(host_state((run_state.params, run_state.batch_stats)), step, say)
           writers.write_scalars(step, {f'val/ap_{k}': v for k, v in ap.items()})
         if preempt.requested:
           mgr.wait_until_finished()
@@ -199,12 +204,12 @@ def train(config, workdir: str) -> ts.TrainState:
     mgr.close()
     if writers is not None:
       writers.close()
-  return jax.device_get(jax.tree_util.tree_map(host_copy, global_state(run_state)))
+  return host_state(run_state)
 
 
 def host_copy(x: jax.Array) -> np.ndarray:
   """This host's copy of a replicated array (works across hosts, where `device_get` of a global
-  array would not); under pmap, the first device's replica is taken by the caller."""
+  array would not). A pmap output's first shard keeps its device axis (`[1, ...]`)."""
   return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
@@ -223,7 +228,7 @@ class _NonFiniteGuard:
   def check(self, keep_last: int) -> None:
     while len(self.unchecked) > keep_last:
       step, flag = self.unchecked.pop(0)
-      if not bool(np.any(jax.device_get(flag))):
+      if not bool(np.any(host_copy(flag))):
         continue
       self.progress['nonfinite_steps'] = self.progress.get('nonfinite_steps', 0) + 1
       if self.skip:
@@ -239,14 +244,14 @@ class _NonFiniteGuard:
 
 
 def _log(pending, step, total, per_epoch, schedule, images_per_s, progress, batch, writers, say) -> None:
-  host = jax.device_get(pending)
+  host = jax.tree_util.tree_map(host_copy, pending)
   mean = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in (*LOSS_TERMS, 'grad_norm')}
   mean['num_pos'] = float(np.mean([np.mean(m['num_pos']) for m in host]))  # global count (psum'd under pmap)
   lr = float(schedule(step - 1))
   eta = (total - step) * (progress['train_seconds'] / max(step, 1))
   say(f'step {step}/{total} epoch {step / per_epoch:.2f} | {images_per_s:.1f} img/s | loss {mean["loss"]:.4f} '
       f'(loc {mean["loss_loc"]:.4f} cls {mean["loss_cls"]:.4f} landm {mean["loss_landm"]:.4f}) '
-      f'pos {mean["num_pos"]:.0f} | lr {lr:.2e} | ETA {_clock(eta)}')
+      f'pos {mean["num_pos"]:.0f} | lr {lr:.2e} | ETA {clock(eta)}')
   dropped = {k: int(batch[k].sum()) for k in pipeline.COUNTERS}
   writers.write_scalars(step, {**{f'train/{k}': v for k, v in mean.items()}, 'train/lr': lr,
                                'train/images_per_s': images_per_s, 'train/epoch': step / per_epoch,
@@ -254,16 +259,11 @@ def _log(pending, step, total, per_epoch, schedule, images_per_s, progress, batc
                                **{f'data/{k}': v for k, v in dropped.items()}})
 
 
-def _clock(seconds: float) -> str:
-  m, s = divmod(int(seconds), 60)
-  h, m = divmod(m, 60)
-  return f'{h:d}:{m:02d}:{s:02d}'
-
-
-def _with_oom_hint(e: Exception, batch_size: int, devices: int) -> Exception:
+def _oom_hint(e: Exception, batch_size: int, devices: int) -> MemoryError | None:
+  """For an out-of-device-memory error, one that names the per-device batch to try; else None."""
   text = str(e)
-  if 'RESOURCE_EXHAUSTED' not in text and 'Out of memory' not in text and 'out of memory' not in text:
-    return e
+  if 'RESOURCE_EXHAUSTED' not in text and 'out of memory' not in text.lower():
+    return None
   per_device = batch_size // devices
   return MemoryError(f'out of device memory at {per_device} images per device (batch_size {batch_size} over '
                      f'{devices} devices): try --config.batch_size={max(devices, (per_device // 2) * devices)} '
