@@ -20,13 +20,54 @@ import numpy as np
 Dtype = Any
 
 
+class BatchNorm(nn.Module):
+  """`nn.BatchNorm2d` over the last axis; variables `scale`, `bias` and `batch_stats` `mean`, `var`.
+
+  As torch: normalise with the batch's biased variance, but keep the *unbiased* one
+  (`var * n / (n - 1)`) in the running average, `momentum` being torch's weight of the new
+  batch. Flax's `nn.BatchNorm` keeps the biased variance, a 1/n drift from the reference per
+  update (measured in tests/test_grad_parity.py). With `axis_name` (pmap), the statistics are
+  averaged over the devices; under `jit` with a sharded batch they are global already.
+  """
+  use_running_average: bool = True
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:  # [..., C] -> [..., C]
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    running_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+    running_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in >= float32
+      axes = tuple(range(x.ndim - 1))
+      mean, mean_sq = jnp.mean(xf, axes), jnp.mean(xf * xf, axes)
+      n = x.size // c
+      if self.axis_name is not None:
+        mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+        n = n * jax.lax.psum(1, self.axis_name)
+      var = jnp.maximum(mean_sq - mean * mean, 0.0)
+      if not self.is_initializing():
+        m = self.momentum
+        running_mean.value = (1 - m) * running_mean.value + m * mean.astype(jnp.float32)
+        running_var.value = (1 - m) * running_var.value + m * (var * (n / max(n - 1, 1))).astype(jnp.float32)
+    mul = scale * jax.lax.rsqrt(var + self.epsilon)
+    per_channel = lambda v: v.astype(self.dtype).reshape((1,) * (x.ndim - 1) + (c,))
+    return x.astype(self.dtype) * per_channel(mul) + per_channel(bias - mean * mul)
+
+
 def torch_bn(*, train: bool, dtype: Dtype = jnp.float32, axis_name: str | None = None) -> Callable[..., nn.Module]:
-  """`nn.BatchNorm2d` defaults: eps 1e-5, torch momentum 0.1 (= Flax momentum 0.9).
+  """`nn.BatchNorm2d` defaults (eps 1e-5, momentum 0.1), in train or eval mode.
 
   `axis_name` synchronises batch statistics across devices in training (pmap/shard_map).
   """
-  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           dtype=dtype, axis_name=axis_name)
+  return functools.partial(BatchNorm, use_running_average=not train, dtype=dtype, axis_name=axis_name)
 
 
 def pad_same(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -57,29 +98,97 @@ def _taps(x: jax.Array, k: int, stride: int):
       yield dy, dx, xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
 
 
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def library_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1) -> jax.Array:
+  """`lax.conv_general_dilated` with PyTorch's `padding=k//2`: the arithmetic every lowering below matches."""
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad_same(kernel.shape[0]),
+                                      dimension_numbers=NHWC, feature_group_count=groups)
+
+
 # Convs this small (input channels, and taps = k*k*input channels) are cheaper on XLA:CPU as
 # fused multiply-adds than as a library convolution or matrix product (bench/bench_layers.py).
 MAX_FMA_CHANNELS = 8
 MAX_FMA_TAPS = 27
 
 
+def _fma_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  k, _, cin, _ = kernel.shape
+  return sum(t[..., c:c + 1] * kernel[dy, dx, c][None, None, None, :]
+             for dy, dx, t in _taps(x, k, stride) for c in range(cin))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _fma_conv_library_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """Forward as fused multiply-adds, gradients from the library conv's VJP.
+
+  Autodiff of the multiply-adds would keep every broadcast tap (27 x the stem's output) as a
+  residual; saving `(x, kernel)` instead makes the training step ~12% faster
+  (BENCHMARKS.md, "Train step").
+  """
+  return _fma_conv(x, kernel, stride)
+
+
+def _fma_fwd(x, kernel, stride):
+  return _fma_conv(x, kernel, stride), (x, kernel)
+
+
+def _fma_bwd(stride, residuals, g):
+  return jax.vjp(lambda x, k: library_conv(x, k, stride), *residuals)[1](g)
+
+
+_fma_conv_library_grad.defvjp(_fma_fwd, _fma_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _library_conv_tap_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """The library conv, its kernel gradient as one matrix product per tap.
+
+  XLA:CPU computes a conv's filter gradient as a convolution that contracts over the batch
+  with the whole feature map as window, 1-3.6x slower than `k*k` products
+  `taps[N*Ho*Wo, I]^T @ g[N*Ho*Wo, O]` at RetinaFace's shapes (BENCHMARKS.md, "Train step").
+  """
+  return library_conv(x, kernel, stride)
+
+
+def _tap_fwd(x, kernel, stride):
+  return library_conv(x, kernel, stride), (x, kernel)
+
+
+def _tap_bwd(stride, residuals, g):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x_: library_conv(x_, kernel, stride), x)[1](g)[0]
+  m = g.shape[0] * g.shape[1] * g.shape[2]
+  g = g.reshape(m, g.shape[3])
+  dk = jnp.stack([jnp.dot(t.reshape(m, t.shape[3]).T, g) for _, _, t in _taps(x, kernel.shape[0], stride)])
+  return dx, dk.reshape(kernel.shape)
+
+
+_library_conv_tap_grad.defvjp(_tap_fwd, _tap_bwd)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   """`F.conv2d(x, w, stride, padding=k//2)` in NHWC/HWIO: `[N,H,W,I] x [k,k,I,O] -> [N,ceil(H/s),ceil(W/s),O]`.
 
   The arithmetic is the same everywhere; the lowering is chosen per shape for XLA:CPU, where
-  the generic convolution is slow for a few shapes (measured in `bench/bench_layers.py`):
-  a conv with few taps (k*k*I <= 27 and I <= 8: the 3x3 stem over 3 channels, 1x1 convs over
-  <= 8 channels) is a sum of broadcast multiply-adds that XLA fuses with the following BN and
-  activation into one loop; other 1x1 convs are a matrix product.
+  the generic convolution is slow for a few shapes (measured in `bench/bench_layers.py` and
+  `bench/bench_train_step.py`): a conv with few taps (k*k*I <= 27 and I <= 8: the 3x3 stem over
+  3 channels, 1x1 convs over <= 8 channels) is a sum of broadcast multiply-adds that XLA fuses
+  with the following BN and activation into one loop (its gradient is the library conv's); a
+  1x1 conv is a matrix product, over every `stride`-th pixel when strided (a 1x1 conv has no
+  padding, so this is exact, and its weight gradient avoids XLA:CPU's slow strided-conv filter
+  gradient); other convs are the library's, on CPU the 3x3s with the kernel gradient as
+  per-tap matrix products.
   """
   k, _, cin, _ = kernel.shape
   if _on_cpu() and cin <= MAX_FMA_CHANNELS and k * k * cin <= MAX_FMA_TAPS:
-    return sum(t[..., c:c + 1] * kernel[dy, dx, c][None, None, None, :]
-               for dy, dx, t in _taps(x, k, stride) for c in range(cin))
-  if k == 1 and stride == 1:
-    return jnp.dot(x, kernel[0, 0])
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad_same(k),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return _fma_conv_library_grad(x, kernel, stride)
+  if k == 1:
+    return jnp.dot(x[:, ::stride, ::stride] if stride > 1 else x, kernel[0, 0])
+  if _on_cpu() and k == 3:
+    return _library_conv_tap_grad(x, kernel, stride)
+  return library_conv(x, kernel, stride)
 
 
 class Conv(nn.Module):
@@ -104,13 +213,59 @@ class Conv(nn.Module):
     return y if bias is None else y + bias[None, None, None, :]
 
 
-class DepthwiseConv3x3(nn.Module):
-  """3x3 depthwise conv, padding 1, no bias; kernel `[3, 3, 1, C]` as `nn.Conv(feature_group_count=C)`.
+def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in _taps(x, 3, stride))
+
+
+# Up to this many channels, the grouped convolution's filter gradient beats the nine
+# per-tap sums of the shifted form on XLA:CPU (BENCHMARKS.md, "Train step").
+MAX_GROUPED_WGRAD_CHANNELS = 8
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """Shifted multiply-adds whose backward keeps only `x`, not its nine shifted copies.
+
+  Input gradient: the shifted form's transpose (the grouped conv's takes 10-100x longer on
+  CPU); kernel gradient: the grouped conv's filter gradient for thin maps, else the shifted
+  form's nine sums.
+  """
+  return _shifted_depthwise(x, kernel, stride)
+
+
+def _dw_fwd(x, kernel, stride):
+  return _shifted_depthwise(x, kernel, stride), (x, kernel)
+
+
+def _dw_bwd(stride, residuals, g):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x_: _shifted_depthwise(x_, kernel, stride), x)[1](g)[0]
+  c = x.shape[-1]
+  if c <= MAX_GROUPED_WGRAD_CHANNELS:
+    dk = jax.vjp(lambda k: library_conv(x, k, stride, groups=c), kernel)[1](g)[0]
+  else:
+    dk = jax.vjp(lambda k: _shifted_depthwise(x, k, stride), kernel)[1](g)[0]
+  return dx, dk
+
+
+_depthwise_cpu.defvjp(_dw_fwd, _dw_bwd)
+
+
+def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """3x3 depthwise conv, padding 1: `[N,H,W,C] x [3,3,1,C] -> [N,ceil(H/s),ceil(W/s),C]`.
 
   On XLA:CPU a grouped convolution is many times slower than nine shifted multiply-adds
-  (measured in `bench/bench_layers.py`), so CPU uses the shifted form and other backends the
-  native grouped convolution. Both compute the same sums.
+  (measured in `bench/bench_layers.py`), so CPU uses the shifted form (with a hand-picked
+  backward, `_depthwise_cpu`) and other backends the native grouped convolution. Both compute
+  the same sums.
   """
+  if not _on_cpu():
+    return library_conv(x, kernel, stride, groups=x.shape[-1])
+  return _depthwise_cpu(x, kernel, stride)
+
+
+class DepthwiseConv3x3(nn.Module):
+  """3x3 depthwise conv, padding 1, no bias; kernel `[3, 3, 1, C]` as `nn.Conv(feature_group_count=C)`."""
   stride: int = 1
   dtype: Dtype = jnp.float32
 
@@ -118,11 +273,7 @@ class DepthwiseConv3x3(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, C] -> [N, ceil(H/s), ceil(W/s), C]
     c = x.shape[-1]
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (3, 3, 1, c), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if not _on_cpu():
-      return jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), pad_same(3),
-                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
-    return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in _taps(x, 3, self.stride))
+    return depthwise_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
 
 
 class ConvBN(nn.Module):
@@ -135,7 +286,7 @@ class ConvBN(nn.Module):
   stride: int = 1
   slope: float | None = 0.0
   conv: Callable[..., nn.Module] = Conv
-  norm: Callable[..., nn.Module] = nn.BatchNorm
+  norm: Callable[..., nn.Module] = BatchNorm
 
   def setup(self):
     self.conv_0 = self.conv(self.features, self.kernel, self.stride, name='0')
@@ -175,7 +326,7 @@ class ConvDW(nn.Module):
   stride: int = 1
   slope: float = 0.1
   conv: Callable[..., nn.Module] = Conv
-  norm: Callable[..., nn.Module] = nn.BatchNorm
+  norm: Callable[..., nn.Module] = BatchNorm
   dtype: Dtype = jnp.float32
 
   @nn.compact

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.models.layers import Conv, ConvBN, ConvDW
+from jaxface.models.layers import BatchNorm, Conv, ConvBN, ConvDW
 
 # (features, stride) of each depthwise block after the stem, per stage.
 STAGE1 = ((16, 1), (32, 2), (32, 1), (64, 2), (64, 1))
@@ -44,7 +44,7 @@ class MobileNetV1(nn.Module):
   """
   slope: float = 0.1
   conv: Callable[..., nn.Module] = Conv
-  norm: Callable[..., nn.Module] = nn.BatchNorm
+  norm: Callable[..., nn.Module] = BatchNorm
   dtype: Any = jnp.float32
 
   @nn.compact

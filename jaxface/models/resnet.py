@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.models.layers import Conv
+from jaxface.models.layers import BatchNorm, Conv
 
 LAYERS = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (planes, blocks, stride)
 
@@ -65,7 +65,7 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 class ResNet50(nn.Module):
   """Returns C3, C4, C5 (`layer2..4`): `[N,H/8,W/8,512]`, `[.., 1024]`, `[.., 2048]`."""
   conv: Callable[..., nn.Module] = Conv
-  norm: Callable[..., nn.Module] = nn.BatchNorm
+  norm: Callable[..., nn.Module] = BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
