@@ -7,6 +7,10 @@ of every process, each process loading only its slice of the global batch.
 Without those variables it is the one-process reference. Writes the parameters, BN statistics
 and metrics (float64, see train_parity.py) to `--out`; exits with `SKIP` when this platform
 cannot run collectives between CPU processes.
+
+With `--loop WORKDIR` it runs train.py's loop instead (`loop.train`, the tiny config of
+tests/test_train_loop.py, float32): every process joins through `initialize_distributed`, loads
+its slice of each batch and takes part in the checkpoint saves to the shared WORKDIR.
 """
 from __future__ import annotations
 
@@ -17,15 +21,20 @@ import time
 import train_parity as tp
 
 SKIP = 77  # the exit status that makes the test skip, not fail
+# The demo's 1e-2 from scratch at 64 px is chaotic: float32 rounding (1e-6 after one step, as
+# between 1 and 4 devices in one process) grows to ~1% of the loss by step 4. At 1e-4 the runs
+# stay within rounding of each other, so the comparison can see a real difference.
+LOOP_LR = 1e-4
 
 
 def main() -> int:
   parser = argparse.ArgumentParser()
   parser.add_argument('--local-devices', type=int, default=1)
-  parser.add_argument('--out', required=True, help='npz path; {process} is replaced by the process index')
+  parser.add_argument('--out', help='npz path; {process} is replaced by the process index')
+  parser.add_argument('--loop', metavar='WORKDIR', help="run loop.train into WORKDIR instead of two bare steps")
   parser.add_argument('--init-timeout', type=int, default=120, help='seconds to wait for the other processes')
   args = parser.parse_args()
-  tp.configure(args.local_devices)
+  tp.configure(args.local_devices, dtype='float32' if args.loop else 'float64')
 
   import jax
   import numpy as np
@@ -45,6 +54,14 @@ def main() -> int:
     print(f'{me}: CPU collectives unavailable: {e}', flush=True)
     return SKIP
   assert total == jax.device_count(), (total, jax.device_count())
+
+  if args.loop:
+    from jaxface.training import loop
+    from test_train_loop import tiny_config
+    t = time.perf_counter()
+    loop.train(tiny_config(learning_rate=LOOP_LR), args.loop)
+    print(f'{me}: loop.train finished in {time.perf_counter() - t:.1f} s', flush=True)
+    return 0
 
   t = time.perf_counter()
   batches = tp.host_batches(jax.process_index(), jax.process_count())

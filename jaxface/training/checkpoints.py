@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINTS_DIR = 'checkpoints'
@@ -49,10 +50,15 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
 
 
 def _read(workdir: str, step: int | None, **items) -> tuple[dict[str, Any], int]:
-  """Restores `items` of the latest (or `step`'s) finished checkpoint, read-only."""
+  """Restores `items` of the latest (or `step`'s) finished checkpoint, read-only.
+
+  `state=None` restores the whole state as numpy arrays, whatever devices saved it (orbax
+  otherwise insists on the saving run's device layout: a checkpoint from 4 GPUs would not
+  load on a laptop)."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
   mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                              item_names=('state', 'progress'))
+                              item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                             'progress': ocp.JsonCheckpointHandler()})
   try:
     if step is None:
       step = mgr.latest_step()
@@ -60,6 +66,9 @@ def _read(workdir: str, step: int | None, **items) -> tuple[dict[str, Any], int]
         raise FileNotFoundError(f'{directory} holds no finished checkpoint')
     elif step not in mgr.all_steps():
       raise FileNotFoundError(f'{directory} has no checkpoint for step {step}; it has {sorted(mgr.all_steps())}')
+    if 'state' in items and items['state'] is None:
+      saved = mgr.item_metadata(step)['state']
+      items['state'] = ocp.args.StandardRestore(jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), saved))
     return mgr.restore(step, args=ocp.args.Composite(**items)), step
   finally:
     mgr.close()
@@ -67,8 +76,8 @@ def _read(workdir: str, step: int | None, **items) -> tuple[dict[str, Any], int]
 
 def latest_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
   """`({'params', 'batch_stats'}, step)` of a workdir's latest (or `step`'s) checkpoint, as
-  numpy, without knowing the optimizer (for inference and evaluation)."""
-  out, step = _read(workdir, step, state=ocp.args.StandardRestore())
+  numpy, without knowing the optimizer (for inference and evaluation), on any devices."""
+  out, step = _read(workdir, step, state=None)
   return {'params': out['state']['params'], 'batch_stats': out['state']['batch_stats']}, step
 
 

@@ -252,7 +252,9 @@ def _log(pending, step, total, per_epoch, schedule, images_per_s, progress, batc
   say(f'step {step}/{total} epoch {step / per_epoch:.2f} | {images_per_s:.1f} img/s | loss {mean["loss"]:.4f} '
       f'(loc {mean["loss_loc"]:.4f} cls {mean["loss_cls"]:.4f} landm {mean["loss_landm"]:.4f}) '
       f'pos {mean["num_pos"]:.0f} | lr {lr:.2e} | ETA {clock(eta)}')
-  dropped = {k: int(batch[k].sum()) for k in pipeline.COUNTERS}
+  if writers is None:  # not the main process of a multi-process run: the main one writes
+    return
+  dropped = {k: int(batch[k].sum()) for k in pipeline.COUNTERS}  # this process's slice of the batch
   writers.write_scalars(step, {**{f'train/{k}': v for k, v in mean.items()}, 'train/lr': lr,
                                'train/images_per_s': images_per_s, 'train/epoch': step / per_epoch,
                                'train/nonfinite_steps': progress.get('nonfinite_steps', 0),
