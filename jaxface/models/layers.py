@@ -47,7 +47,7 @@ class BatchNorm(nn.Module):
     else:
       xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in >= float32
       axes = tuple(range(x.ndim - 1))
-      mean, mean_sq = jnp.mean(xf, axes), jnp.mean(xf * xf, axes)
+      mean, mean_sq = jnp.mean(xf, axes), jnp.mean(jax.lax.square(xf), axes)
       n = x.size // c
       if self.axis_name is not None:
         mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
@@ -59,7 +59,7 @@ class BatchNorm(nn.Module):
         running_var.value = (1 - m) * running_var.value + m * (var * (n / max(n - 1, 1))).astype(jnp.float32)
     mul = scale * jax.lax.rsqrt(var + self.epsilon)
     per_channel = lambda v: v.astype(self.dtype).reshape((1,) * (x.ndim - 1) + (c,))
-    return x.astype(self.dtype) * per_channel(mul) + per_channel(bias - mean * mul)
+    return (x.astype(self.dtype) - per_channel(mean)) * per_channel(mul) + per_channel(bias)
 
 
 def torch_bn(*, train: bool, dtype: Dtype = jnp.float32, axis_name: str | None = None) -> Callable[..., nn.Module]:
@@ -130,15 +130,16 @@ def _fma_conv_library_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
   return _fma_conv(x, kernel, stride)
 
 
-def _fma_fwd(x, kernel, stride):
-  return _fma_conv(x, kernel, stride), (x, kernel)
+def _saving_inputs(forward):
+  """A custom_vjp forward rule: `forward`'s output, with only its inputs `(x, kernel)` as residuals."""
+  return lambda x, kernel, stride: (forward(x, kernel, stride), (x, kernel))
 
 
 def _fma_bwd(stride, residuals, g):
   return jax.vjp(lambda x, k: library_conv(x, k, stride), *residuals)[1](g)
 
 
-_fma_conv_library_grad.defvjp(_fma_fwd, _fma_bwd)
+_fma_conv_library_grad.defvjp(_saving_inputs(_fma_conv), _fma_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -152,10 +153,6 @@ def _library_conv_tap_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
   return library_conv(x, kernel, stride)
 
 
-def _tap_fwd(x, kernel, stride):
-  return library_conv(x, kernel, stride), (x, kernel)
-
-
 def _tap_bwd(stride, residuals, g):
   x, kernel = residuals
   dx = jax.vjp(lambda x_: library_conv(x_, kernel, stride), x)[1](g)[0]
@@ -165,7 +162,7 @@ def _tap_bwd(stride, residuals, g):
   return dx, dk.reshape(kernel.shape)
 
 
-_library_conv_tap_grad.defvjp(_tap_fwd, _tap_bwd)
+_library_conv_tap_grad.defvjp(_saving_inputs(library_conv), _tap_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
@@ -233,10 +230,6 @@ def _depthwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   return _shifted_depthwise(x, kernel, stride)
 
 
-def _dw_fwd(x, kernel, stride):
-  return _shifted_depthwise(x, kernel, stride), (x, kernel)
-
-
 def _dw_bwd(stride, residuals, g):
   x, kernel = residuals
   dx = jax.vjp(lambda x_: _shifted_depthwise(x_, kernel, stride), x)[1](g)[0]
@@ -248,7 +241,7 @@ def _dw_bwd(stride, residuals, g):
   return dx, dk
 
 
-_depthwise_cpu.defvjp(_dw_fwd, _dw_bwd)
+_depthwise_cpu.defvjp(_saving_inputs(_shifted_depthwise), _dw_bwd)
 
 
 def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:

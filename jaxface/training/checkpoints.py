@@ -49,12 +49,12 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
   return out['state'], out['progress']
 
 
-def _read(workdir: str, step: int | None, **items) -> tuple[dict[str, Any], int]:
-  """Restores `items` of the latest (or `step`'s) finished checkpoint, read-only.
+def _read(workdir: str, step: int | None, *, with_state: bool) -> tuple[dict[str, Any], int]:
+  """`({'progress'[, 'state']}, step)` of the latest (or `step`'s) finished checkpoint, read-only.
 
-  `state=None` restores the whole state as numpy arrays, whatever devices saved it (orbax
-  otherwise insists on the saving run's device layout: a checkpoint from 4 GPUs would not
-  load on a laptop)."""
+  The state comes back as numpy arrays, whatever devices saved it (restored without a target,
+  orbax insists on the saving run's device layout: a checkpoint from 4 GPUs would not load on
+  a laptop)."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
   mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                               item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -66,8 +66,9 @@ def _read(workdir: str, step: int | None, **items) -> tuple[dict[str, Any], int]
         raise FileNotFoundError(f'{directory} holds no finished checkpoint')
     elif step not in mgr.all_steps():
       raise FileNotFoundError(f'{directory} has no checkpoint for step {step}; it has {sorted(mgr.all_steps())}')
-    if 'state' in items and items['state'] is None:
-      saved = mgr.item_metadata(step)['state']
+    items = {'progress': ocp.args.JsonRestore()}
+    if with_state:
+      saved = mgr.item_metadata(step)['state']  # shapes and dtypes
       items['state'] = ocp.args.StandardRestore(jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), saved))
     return mgr.restore(step, args=ocp.args.Composite(**items)), step
   finally:
@@ -77,10 +78,10 @@ def _read(workdir: str, step: int | None, **items) -> tuple[dict[str, Any], int]
 def latest_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
   """`({'params', 'batch_stats'}, step)` of a workdir's latest (or `step`'s) checkpoint, as
   numpy, without knowing the optimizer (for inference and evaluation), on any devices."""
-  out, step = _read(workdir, step, state=None)
+  out, step = _read(workdir, step, with_state=True)
   return {'params': out['state']['params'], 'batch_stats': out['state']['batch_stats']}, step
 
 
 def read_progress(workdir: str, step: int | None = None) -> dict[str, Any]:
   """The progress record (step, seed, counters) of the latest (or `step`'s) checkpoint."""
-  return _read(workdir, step, progress=ocp.args.JsonRestore())[0]['progress']
+  return _read(workdir, step, with_state=False)[0]['progress']
