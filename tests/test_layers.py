@@ -43,10 +43,12 @@ def test_conv2d_matches_library_conv(k, cin, cout, stride):
 
 
 @pytest.mark.parametrize('stride', [1, 2])
-@pytest.mark.parametrize('channels', [8, 16])  # both kernel-gradient paths
-def test_depthwise_matches_grouped_conv(channels, stride):
+# The kernel gradient's rows (n * h_out) as one block, and as 2 (stride 2) or 4 (stride 1).
+@pytest.mark.parametrize('shape', [(2, 13, 10, 8), (4, 17, 9, 16)])
+def test_depthwise_matches_grouped_conv(shape, stride):
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((2, 13, 10, channels)), jnp.float32)
+  channels = shape[-1]
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((3, 3, 1, channels)), jnp.float32)
   grouped = lambda x, k, s: layers.library_conv(x, k, s, groups=x.shape[-1])
   _check(jax.jit(layers.depthwise_conv3x3, static_argnums=2), jax.jit(grouped, static_argnums=2), x, kernel, stride)

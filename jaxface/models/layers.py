@@ -98,6 +98,24 @@ def _taps(x: jax.Array, k: int, stride: int):
       yield dy, dx, xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
 
 
+def _zero_filled_taps(x: jax.Array, k: int, stride: int):
+  """`_taps`'s views without the padded copy: each a shift of `x` filled with zeros (`lax.pad`
+  with a negative edge), which XLA:CPU fuses into the consumer's loop. For the depthwise
+  forward this runs 2-4x faster than reading the copy; for the reductions over the taps
+  (kernel gradient), the input gradient's transpose and the fused mul-add convs it is slower
+  (bench/bench_depthwise.py; BENCHMARKS.md, "Train step")."""
+  p = k // 2
+  _, h, w, _ = x.shape
+  ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+  zero = jnp.zeros((), x.dtype)
+  for dy in range(k):
+    for dx in range(k):
+      # tap[i, j] = x[i + dy - p, j + dx - p], zero outside x, for i < stride*(ho-1)+1.
+      t = jax.lax.pad(x, zero, [(0, 0, 0), (p - dy, stride * (ho - 1) + 1 + dy - p - h, 0),
+                                (p - dx, stride * (wo - 1) + 1 + dx - p - w, 0), (0, 0, 0)])
+      yield dy, dx, t[:, ::stride, ::stride] if stride > 1 else t
+
+
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -210,38 +228,51 @@ class Conv(nn.Module):
     return y if bias is None else y + bias[None, None, None, :]
 
 
-def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in _taps(x, 3, stride))
+def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int, taps=_taps) -> jax.Array:
+  return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in taps(x, 3, stride))
 
 
-# Up to this many channels, the grouped convolution's filter gradient beats the nine
-# per-tap sums of the shifted form on XLA:CPU (BENCHMARKS.md, "Train step").
-MAX_GROUPED_WGRAD_CHANNELS = 8
+def _zero_filled_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return _shifted_depthwise(x, kernel, stride, taps=_zero_filled_taps)
+
+
+def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
+  """`[3, 3, 1, C]`: each tap's `sum over n, h, w of x_tap * g`, the nine in one pass.
+
+  One variadic reduce, so XLA:CPU emits a single loop that reads `x` and `g` once (nine separate
+  sums each copy a shifted slice first: 2-5x slower, as is the grouped conv's filter gradient;
+  bench/bench_depthwise.py).
+  The rows `n*h` are split into up to 32 blocks kept in the output (the loop's parallel axis) and
+  each row's `w*c` values are kept too, so the loop vectorises along contiguous memory; the few
+  partial sums `[blocks, w*c]` are added after.
+  """
+  n, ho, wo, c = g.shape
+  rows = n * ho
+  blocks = max(d for d in range(1, 33) if rows % d == 0 and (rows // d >= 16 or d == 1))
+  products = tuple((t * g).reshape(blocks, rows // blocks, wo * c) for _, _, t in _taps(x, 3, stride))
+  zeros = tuple(jnp.zeros((), g.dtype) for _ in products)
+  sums = jax.lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
+  return jnp.stack([s.reshape(blocks * wo, c).sum(0) for s in sums]).reshape(3, 3, 1, c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _depthwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """Shifted multiply-adds whose backward keeps only `x`, not its nine shifted copies.
 
-  Input gradient: the shifted form's transpose (the grouped conv's takes 10-100x longer on
-  CPU); kernel gradient: the grouped conv's filter gradient for thin maps, else the shifted
-  form's nine sums.
+  Forward: the zero-filled shifts; input gradient: the transpose of the padded copy's form
+  (2-4x faster than the zero-filled form's transpose; the grouped conv's takes 10-100x longer
+  on CPU); kernel gradient: `_depthwise_kernel_grad`.
   """
-  return _shifted_depthwise(x, kernel, stride)
+  return _zero_filled_depthwise(x, kernel, stride)
 
 
 def _dw_bwd(stride, residuals, g):
   x, kernel = residuals
   dx = jax.vjp(lambda x_: _shifted_depthwise(x_, kernel, stride), x)[1](g)[0]
-  c = x.shape[-1]
-  if c <= MAX_GROUPED_WGRAD_CHANNELS:
-    dk = jax.vjp(lambda k: library_conv(x, k, stride, groups=c), kernel)[1](g)[0]
-  else:
-    dk = jax.vjp(lambda k: _shifted_depthwise(x, k, stride), kernel)[1](g)[0]
-  return dx, dk
+  return dx, _depthwise_kernel_grad(x, g, stride).astype(kernel.dtype)
 
 
-_depthwise_cpu.defvjp(_saving_inputs(_shifted_depthwise), _dw_bwd)
+_depthwise_cpu.defvjp(_saving_inputs(_zero_filled_depthwise), _dw_bwd)
 
 
 def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:

@@ -1,0 +1,112 @@
+"""The 3x3 depthwise conv's training parts on XLA:CPU, formulation by formulation, beside torch's.
+
+    python bench/bench_depthwise.py [--batch 8] [--repeats 9]
+
+At each depthwise layer of `retinaface_mnet` training at 640x640, times separately (medians, ms):
+
+  forward         `layers._taps` (nine slices of a padded copy) / `layers._zero_filled_taps`
+                  (nine zero-filled shifts of the input, no copy) / the grouped library conv
+  input grad      the transpose of each of the two tap forms
+  kernel grad     nine separate sums (autodiff of the tap form) / `layers._depthwise_kernel_grad`
+                  (one variadic reduce) / the grouped conv's filter gradient
+
+and torch's `conv2d(groups=C)` forward and forward + backward (both gradients) for scale.
+`jaxface` is what `layers.depthwise_conv3x3` runs on CPU: forward zero-filled, input gradient
+from the padded copy's transpose, kernel gradient the variadic reduce. Every alternative's
+result is checked against the library conv's before timing.
+"""
+from __future__ import annotations
+
+import argparse
+
+import common
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from jaxface.models import layers
+
+# (input side, channels, stride): every depthwise layer of MobileNet-0.25 at 640 px
+LAYERS = [(320, 8, 1), (320, 16, 2), (160, 32, 1), (160, 32, 2), (80, 64, 1), (80, 64, 2), (40, 128, 1),
+          (40, 128, 2), (20, 256, 1)]
+
+
+def grouped(x, k, s):
+  return layers.library_conv(x, k, s, groups=x.shape[-1])
+
+
+def copy_form(x, k, s):
+  return layers._shifted_depthwise(x, k, s)
+
+
+def zero_filled_form(x, k, s):
+  return layers._zero_filled_depthwise(x, k, s)
+
+
+def candidates(s: int) -> dict[str, callable]:
+  def input_grad(form):
+    return lambda x, k, g: jax.vjp(lambda x_: form(x_, k, s), x)[1](g)[0]
+
+  def kernel_grad(form):
+    return lambda x, k, g: jax.vjp(lambda k_: form(x, k_, s), k)[1](g)[0]
+  return {
+      'forward: padded copy': lambda x, k, g: copy_form(x, k, s),
+      'forward: zero-filled': lambda x, k, g: zero_filled_form(x, k, s),
+      'forward: grouped conv': lambda x, k, g: grouped(x, k, s),
+      'input grad: copy transpose': input_grad(copy_form),
+      'input grad: zero-filled transpose': input_grad(zero_filled_form),
+      'kernel grad: nine sums': kernel_grad(copy_form),
+      'kernel grad: variadic reduce': lambda x, k, g: layers._depthwise_kernel_grad(x, g, s),
+      'kernel grad: grouped conv': kernel_grad(grouped),
+  }
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--batch', type=int, default=8)
+  p.add_argument('--repeats', type=int, default=9)
+  args = p.parse_args()
+  print(common.machine(), f'batch {args.batch}; torch {torch.__version__} ({torch.get_num_threads()} threads)')
+  rng = np.random.default_rng(0)
+  for side, c, s in LAYERS:
+    x = jnp.asarray(rng.standard_normal((args.batch, side, side, c)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 1, c)), jnp.float32)
+    out = (side - 1) // s + 1
+    g = jnp.asarray(rng.standard_normal((args.batch, out, out, c)), jnp.float32)
+    expected = {'forward': grouped(x, k, s)}
+    expected['input grad'], expected['kernel grad'] = jax.vjp(lambda x_, k_: grouped(x_, k_, s), x, k)[1](g)
+    fns = {}
+    for name, fn in candidates(s).items():
+      fn = jax.jit(fn)
+      want = expected[name.split(':')[0]]
+      err = float(jnp.max(jnp.abs(fn(x, k, g) - want)) / jnp.max(jnp.abs(want)))
+      assert err < 1e-5, (name, side, c, s, err)
+      fns[name] = lambda fn=fn: jax.block_until_ready(fn(x, k, g))
+    xt = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    kt = torch.from_numpy(np.asarray(k)).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+    gt = torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2).contiguous()
+
+    def torch_forward():
+      with torch.no_grad():
+        torch.nn.functional.conv2d(xt, kt, stride=s, padding=1, groups=c)
+
+    def torch_both():
+      xt.grad = kt.grad = None
+      torch.nn.functional.conv2d(xt, kt, stride=s, padding=1, groups=c).backward(gt)
+    fns.update({'torch forward': torch_forward, 'torch forward + backward': torch_both})
+    times = common.interleaved(fns, args.repeats)
+    ms = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+    ours = ms['forward: zero-filled'] + ms['input grad: copy transpose'] + ms['kernel grad: variadic reduce']
+    # the previous rule: the grouped conv's filter gradient up to 8 channels, else nine sums
+    before = ms['forward: padded copy'] + ms['input grad: copy transpose'] + (
+        ms['kernel grad: grouped conv'] if c <= 8 else ms['kernel grad: nine sums'])
+    print(f'\n{side}x{side}x{c} stride {s}:')
+    for name, t in ms.items():
+      print(f'  {name:36s} {t:8.1f} ms')
+    print(f'  {"jaxface: the three parts":36s} {ours:8.1f} ms  (before this formulation: {before:.1f} ms; '
+          f'torch forward + backward {ms["torch forward + backward"]:.1f} ms)', flush=True)
+
+
+if __name__ == '__main__':
+  main()
