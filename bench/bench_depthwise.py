@@ -4,16 +4,18 @@
 
 At each depthwise layer of `retinaface_mnet` training at 640x640, times separately (medians, ms):
 
-  forward         `layers._taps` (nine slices of a padded copy) / `layers._zero_filled_taps`
+  forward         `layers._taps` (nine slices of a padded copy) / `zero_filled_taps` below
                   (nine zero-filled shifts of the input, no copy) / the grouped library conv
   input grad      the transpose of each of the two tap forms
   kernel grad     nine separate sums (autodiff of the tap form) / `layers._depthwise_kernel_grad`
                   (one variadic reduce) / the grouped conv's filter gradient
 
 and torch's `conv2d(groups=C)` forward and forward + backward (both gradients) for scale.
-`jaxface` is what `layers.depthwise_conv3x3` runs on CPU: forward zero-filled, input gradient
-from the padded copy's transpose, kernel gradient the variadic reduce. Every alternative's
-result is checked against the library conv's before timing.
+`jaxface` is what `layers.depthwise_conv3x3` runs on CPU: forward and input gradient from the
+padded copy, kernel gradient the variadic reduce. (The zero-filled forward is 2-4x faster here,
+on an input that is a parameter, but not in the train step, where XLA fuses the input's producer,
+the BN + activation before it, into each of the nine shifts: BENCHMARKS.md.) Every
+alternative's result is checked against the library conv's before timing.
 """
 from __future__ import annotations
 
@@ -40,8 +42,23 @@ def copy_form(x, k, s):
   return layers._shifted_depthwise(x, k, s)
 
 
+def zero_filled_taps(x, k: int, stride: int):
+  """`layers._taps`'s views without the padded copy: each a shift of `x` filled with zeros
+  (`lax.pad` with a negative edge), which XLA:CPU fuses into the consumer's loop."""
+  p = k // 2
+  _, h, w, _ = x.shape
+  ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+  zero = jnp.zeros((), x.dtype)
+  for dy in range(k):
+    for dx in range(k):
+      # tap[i, j] = x[i + dy - p, j + dx - p], zero outside x, for i < stride*(ho-1)+1.
+      t = jax.lax.pad(x, zero, [(0, 0, 0), (p - dy, stride * (ho - 1) + 1 + dy - p - h, 0),
+                                (p - dx, stride * (wo - 1) + 1 + dx - p - w, 0), (0, 0, 0)])
+      yield dy, dx, t[:, ::stride, ::stride] if stride > 1 else t
+
+
 def zero_filled_form(x, k, s):
-  return layers._zero_filled_depthwise(x, k, s)
+  return sum(t * k[dy, dx, 0][None, None, None, :] for dy, dx, t in zero_filled_taps(x, 3, s))
 
 
 def candidates(s: int) -> dict[str, callable]:
@@ -97,7 +114,7 @@ def main():
     fns.update({'torch forward': torch_forward, 'torch forward + backward': torch_both})
     times = common.interleaved(fns, args.repeats)
     ms = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
-    ours = ms['forward: zero-filled'] + ms['input grad: copy transpose'] + ms['kernel grad: variadic reduce']
+    ours = ms['forward: padded copy'] + ms['input grad: copy transpose'] + ms['kernel grad: variadic reduce']
     # the previous rule: the grouped conv's filter gradient up to 8 channels, else nine sums
     before = ms['forward: padded copy'] + ms['input grad: copy transpose'] + (
         ms['kernel grad: grouped conv'] if c <= 8 else ms['kernel grad: nine sums'])

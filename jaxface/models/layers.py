@@ -98,24 +98,6 @@ def _taps(x: jax.Array, k: int, stride: int):
       yield dy, dx, xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
 
 
-def _zero_filled_taps(x: jax.Array, k: int, stride: int):
-  """`_taps`'s views without the padded copy: each a shift of `x` filled with zeros (`lax.pad`
-  with a negative edge), which XLA:CPU fuses into the consumer's loop. For the depthwise
-  forward this runs 2-4x faster than reading the copy; for the reductions over the taps
-  (kernel gradient), the input gradient's transpose and the fused mul-add convs it is slower
-  (bench/bench_depthwise.py; BENCHMARKS.md, "Train step")."""
-  p = k // 2
-  _, h, w, _ = x.shape
-  ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
-  zero = jnp.zeros((), x.dtype)
-  for dy in range(k):
-    for dx in range(k):
-      # tap[i, j] = x[i + dy - p, j + dx - p], zero outside x, for i < stride*(ho-1)+1.
-      t = jax.lax.pad(x, zero, [(0, 0, 0), (p - dy, stride * (ho - 1) + 1 + dy - p - h, 0),
-                                (p - dx, stride * (wo - 1) + 1 + dx - p - w, 0), (0, 0, 0)])
-      yield dy, dx, t[:, ::stride, ::stride] if stride > 1 else t
-
-
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -183,6 +165,36 @@ def _tap_bwd(stride, residuals, g):
 _library_conv_tap_grad.defvjp(_saving_inputs(library_conv), _tap_bwd)
 
 
+def _pointwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return jnp.dot(x[:, ::stride, ::stride] if stride > 1 else x, kernel[0, 0])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pointwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """The 1x1 conv as a matrix product, with its gradients as 2-D products `[N*H*W, C]`.
+
+  Autodiff's kernel gradient contracts the 4-D input and output gradient over three axes; XLA:CPU
+  then writes the output gradient a second time, transposed, from inside its producer's loop (the
+  BN + activation backward), 5-10x slower than that loop (BENCHMARKS.md, "Train step").
+  """
+  return _pointwise(x, kernel, stride)
+
+
+def _pointwise_bwd(stride, residuals, g):
+  x, kernel = residuals
+  xs = x[:, ::stride, ::stride] if stride > 1 else x
+  m = g.shape[0] * g.shape[1] * g.shape[2]
+  g2 = g.reshape(m, g.shape[3])
+  dk = jnp.dot(xs.reshape(m, xs.shape[3]).T, g2)
+  dx = jnp.dot(g2, kernel[0, 0].T).reshape(xs.shape)
+  if stride > 1:
+    dx = jnp.zeros_like(x).at[:, ::stride, ::stride].set(dx)
+  return dx, dk.reshape(kernel.shape)
+
+
+_pointwise_cpu.defvjp(_saving_inputs(_pointwise), _pointwise_bwd)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   """`F.conv2d(x, w, stride, padding=k//2)` in NHWC/HWIO: `[N,H,W,I] x [k,k,I,O] -> [N,ceil(H/s),ceil(W/s),O]`.
 
@@ -200,7 +212,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   if _on_cpu() and cin <= MAX_FMA_CHANNELS and k * k * cin <= MAX_FMA_TAPS:
     return _fma_conv_library_grad(x, kernel, stride)
   if k == 1:
-    return jnp.dot(x[:, ::stride, ::stride] if stride > 1 else x, kernel[0, 0])
+    return _pointwise_cpu(x, kernel, stride) if _on_cpu() else _pointwise(x, kernel, stride)
   if _on_cpu() and k == 3:
     return _library_conv_tap_grad(x, kernel, stride)
   return library_conv(x, kernel, stride)
@@ -228,12 +240,8 @@ class Conv(nn.Module):
     return y if bias is None else y + bias[None, None, None, :]
 
 
-def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int, taps=_taps) -> jax.Array:
-  return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in taps(x, 3, stride))
-
-
-def _zero_filled_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  return _shifted_depthwise(x, kernel, stride, taps=_zero_filled_taps)
+def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in _taps(x, 3, stride))
 
 
 def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
@@ -259,11 +267,10 @@ def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array
 def _depthwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """Shifted multiply-adds whose backward keeps only `x`, not its nine shifted copies.
 
-  Forward: the zero-filled shifts; input gradient: the transpose of the padded copy's form
-  (2-4x faster than the zero-filled form's transpose; the grouped conv's takes 10-100x longer
-  on CPU); kernel gradient: `_depthwise_kernel_grad`.
+  Input gradient: the shifted form's transpose (the grouped conv's takes 10-100x longer on
+  CPU); kernel gradient: `_depthwise_kernel_grad`.
   """
-  return _zero_filled_depthwise(x, kernel, stride)
+  return _shifted_depthwise(x, kernel, stride)
 
 
 def _dw_bwd(stride, residuals, g):
@@ -272,7 +279,7 @@ def _dw_bwd(stride, residuals, g):
   return dx, _depthwise_kernel_grad(x, g, stride).astype(kernel.dtype)
 
 
-_depthwise_cpu.defvjp(_saving_inputs(_zero_filled_depthwise), _dw_bwd)
+_depthwise_cpu.defvjp(_saving_inputs(_shifted_depthwise), _dw_bwd)
 
 
 def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
