@@ -12,10 +12,10 @@ At each depthwise layer of `retinaface_mnet` training at 640x640, times separate
 
 and torch's `conv2d(groups=C)` forward and forward + backward (both gradients) for scale.
 `jaxface` is what `layers.depthwise_conv3x3` runs on CPU: forward and input gradient from the
-padded copy, kernel gradient the variadic reduce. (The zero-filled forward is 2-4x faster here,
-on an input that is a parameter, but not in the train step, where XLA fuses the input's producer,
-the BN + activation before it, into each of the nine shifts: BENCHMARKS.md.) Every
-alternative's result is checked against the library conv's before timing.
+padded copy, kernel gradient the variadic reduce. (The zero-filled forward is also slower in the
+train step, where XLA fuses the input's producer, the BN + activation before it, into each of
+the nine shifts: BENCHMARKS.md.) Every alternative's result is checked against the library
+conv's before timing.
 """
 from __future__ import annotations
 
@@ -100,9 +100,9 @@ def main():
       err = float(jnp.max(jnp.abs(fn(x, k, g) - want)) / jnp.max(jnp.abs(want)))
       assert err < 1e-5, (name, side, c, s, err)
       fns[name] = lambda fn=fn: jax.block_until_ready(fn(x, k, g))
-    xt = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
-    kt = torch.from_numpy(np.asarray(k)).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
-    gt = torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2).contiguous()
+    xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    kt = torch.from_numpy(np.array(k)).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+    gt = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous()
 
     def torch_forward():
       with torch.no_grad():
