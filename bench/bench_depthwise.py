@@ -6,13 +6,16 @@ At each depthwise layer of `retinaface_mnet` training at 640x640, times separate
 
   forward         `layers._taps` (nine slices of a padded copy) / `zero_filled_taps` below
                   (nine zero-filled shifts of the input, no copy) / the grouped library conv
-  input grad      the transpose of each of the two tap forms
+  input grad      autodiff's transpose of each of the two tap forms / `layers._depthwise_input_grad`
+                  (the flipped kernel over one padded, dilated copy of the output gradient)
   kernel grad     nine separate sums (autodiff of the tap form) / `layers._depthwise_kernel_grad`
                   (one variadic reduce) / the grouped conv's filter gradient
 
 and torch's `conv2d(groups=C)` forward and forward + backward (both gradients) for scale.
-`jaxface` is what `layers.depthwise_conv3x3` runs on CPU: forward and input gradient from the
-padded copy, kernel gradient the variadic reduce. (The zero-filled forward is also slower in the
+`jaxface` is what `layers.depthwise_conv3x3` runs on CPU: forward from the padded copy, input
+gradient from the padded dilated copy, kernel gradient the variadic reduce. (Here the output
+gradient is a parameter; in the step it is the BN + activation backward's output, which
+autodiff's transposes recompute once per tap.) (The zero-filled forward is also slower in the
 train step, where XLA fuses the input's producer, the BN + activation before it, into each of
 the nine shifts: BENCHMARKS.md.) Every alternative's result is checked against the library
 conv's before timing.
@@ -73,6 +76,7 @@ def candidates(s: int) -> dict[str, callable]:
       'forward: grouped conv': lambda x, k, g: grouped(x, k, s),
       'input grad: copy transpose': input_grad(copy_form),
       'input grad: zero-filled transpose': input_grad(zero_filled_form),
+      'input grad: padded dilated copy': lambda x, k, g: layers._depthwise_input_grad(g, k, s, x.shape[1:3]),
       'kernel grad: nine sums': kernel_grad(copy_form),
       'kernel grad: variadic reduce': lambda x, k, g: layers._depthwise_kernel_grad(x, g, s),
       'kernel grad: grouped conv': kernel_grad(grouped),
@@ -114,7 +118,7 @@ def main():
     fns.update({'torch forward': torch_forward, 'torch forward + backward': torch_both})
     times = common.interleaved(fns, args.repeats)
     ms = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
-    ours = ms['forward: padded copy'] + ms['input grad: copy transpose'] + ms['kernel grad: variadic reduce']
+    ours = ms['forward: padded copy'] + ms['input grad: padded dilated copy'] + ms['kernel grad: variadic reduce']
     # the previous rule: the grouped conv's filter gradient up to 8 channels, else nine sums
     before = ms['forward: padded copy'] + ms['input grad: copy transpose'] + (
         ms['kernel grad: grouped conv'] if c <= 8 else ms['kernel grad: nine sums'])
