@@ -90,9 +90,11 @@ def _taps(x: jax.Array, k: int, stride: int):
   p = k // 2
   _, h, w, _ = x.shape
   ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
-  # Materialise the padded copy: fused into the tap loop, the pad turns every load into a
-  # bounds-checked select and the loop runs ~25% slower on XLA:CPU.
-  xp = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))))
+  # XLA:CPU writes the padded copy in its own loop (with `x`'s producer fused in once) and the
+  # consumers read its slices; zero-filled shifts instead would be fused into each tap, producer
+  # and all (BENCHMARKS.md, "Train step"). An optimization_barrier here changed nothing in the
+  # compiled programs (XLA:CPU removes it before fusion), so there is none.
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   for dy in range(k):
     for dx in range(k):
       yield dy, dx, xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
