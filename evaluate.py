@@ -5,7 +5,9 @@
 """
 import sys
 
-from jaxface.evaluation.runner import main
+from jaxface import huge_pages
 
 if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()
+  from jaxface.evaluation.runner import main
   sys.exit(main())

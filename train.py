@@ -3,6 +3,11 @@
 Config fields are overridden on the command line (`--config.batch_size=16`); a field the config
 does not have is an error. Running the same command again resumes from DIR's latest checkpoint.
 """
+from jaxface import huge_pages
+
+if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()  # before jax is imported, so the restart costs little
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

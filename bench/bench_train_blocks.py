@@ -17,6 +17,11 @@ from __future__ import annotations
 import argparse
 
 import common
+from jaxface import huge_pages
+
+if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()  # as train.py does; JAXFACE_HUGE_PAGES=0 to time without
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -37,6 +37,11 @@ import tempfile
 import time
 
 import common  # noqa: F401  (sets sys.path)
+from jaxface import huge_pages
+
+if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()  # as train.py does; JAXFACE_HUGE_PAGES=0 to time without
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -53,5 +53,8 @@ def report(times: dict[str, np.ndarray], baseline: str) -> str:
 
 def machine() -> str:
   import jax
+  from jaxface import huge_pages
+  malloc = 'malloc huge pages' if huge_pages.TUNABLE in os.environ.get('GLIBC_TUNABLES', '') else 'default malloc'
   return (f'{platform.node()} | {os.cpu_count()} cores | {platform.processor() or platform.machine()} | '
-          f'python {platform.python_version()} | jax {jax.__version__} ({jax.default_backend()})')
+          f'python {platform.python_version()} | jax {jax.__version__} ({jax.default_backend()}) | '
+          f'{malloc} (THP {huge_pages.thp_mode()})')
