@@ -13,9 +13,10 @@ import pytest
 from jaxface.models import layers
 
 # (kernel, in channels, out channels): the stem (fused mul-adds), a 1x1 over <= 8 channels
-# (fused mul-adds), a 1x1 over more (matrix product), a 3x3 over more (library conv, per-tap
-# kernel gradient) and ResNet's 7x7 stem (library conv).
-CONVS = [(3, 3, 8), (1, 8, 16), (1, 24, 16), (3, 12, 8), (7, 3, 4)]
+# (fused mul-adds), a 1x1 over more (matrix product), 3x3s over more (library conv; kernel
+# gradient per tap, and at 32-64 channels and stride 1 per kernel row over the flattened
+# padded grid) and ResNet's 7x7 stem (library conv).
+CONVS = [(3, 3, 8), (1, 8, 16), (1, 24, 16), (3, 12, 8), (3, 32, 16), (7, 3, 4)]
 
 
 def _loss(conv, x, k, s, probe):
