@@ -5,8 +5,9 @@ XLA:CPU allocates each run's temporaries afresh (1.7 GB for a RetinaFace-mnet tr
 batch 8). glibc serves blocks that large with a new `mmap`, so the kernel faults them in 4 KiB at a
 time: ~420k page faults and ~0.9 s of system time per step on a 2-core machine. With the tunable,
 glibc asks for transparent huge pages (`madvise(MADV_HUGEPAGE)`) and the same step takes ~1.5k
-faults; the train step runs 1.2-1.3x faster (BENCHMARKS.md, "Train step"). glibc reads tunables
-only when a process starts, hence the restart; torch, in the same process, benefits too.
+faults; the train step runs 1.1-1.2x faster (BENCHMARKS.md, "Train step"). glibc reads tunables
+only when a process starts, hence the restart. (Torch's tensors, smaller, come from glibc's heap and
+fault rarely; the tunable changes little for them.)
 
 Nothing happens off Linux/glibc, when the kernel's THP mode is `never` (nothing to ask for) or
 `always` (already used), when the tunable is already set, or with `JAXFACE_HUGE_PAGES=0`.
