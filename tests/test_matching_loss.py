@@ -25,7 +25,7 @@ import pytest
 
 from jaxface import anchors
 from jaxface.training import matching
-from jaxface.training.multibox_loss import loss_from_targets, multibox_loss
+from jaxface.training.multibox_loss import loss_from_targets, multibox_loss, top_ranked
 
 torch = pytest.importorskip('torch')
 
@@ -459,6 +459,22 @@ def test_loss_gradient_matches_reference():
   (2.0 * loss_l + loss_c + loss_landm).backward()
   for g, p in zip(grads, tp):
     np.testing.assert_allclose(np.asarray(g), p.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_mining_cut_is_a_stable_descending_sort():
+  """`top_ranked` (the sort-free rank cut) takes the same priors as the first k of a stable
+  descending argsort: planted ties, +-0, subnormals (equal to 0 in XLA's sort), inf, every k."""
+  rng = np.random.default_rng(5)
+  values = np.array([np.inf, 1e30, 2.5, 1.2e-38, 1e-40, 0.0, -0.0, -1e-40, -1.0], np.float32)
+  cut = jax.jit(top_ranked)
+  for trial in range(60):
+    size = int(rng.integers(1, 40))
+    x = rng.choice(values, size) if trial % 2 else rng.integers(-2, 3, size).astype(np.float32) / 2
+    order = np.asarray(jnp.argsort(x, descending=True, stable=True))
+    for k in range(size + 1):
+      want = np.zeros(size, bool)
+      want[order[:k]] = True
+      np.testing.assert_array_equal(np.asarray(cut(jnp.asarray(x), k)), want, err_msg=f'{x} k={k}')
 
 
 def test_loss_compiles_once_for_many_batches():
