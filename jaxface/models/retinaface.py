@@ -83,6 +83,24 @@ class Heads(nn.Module):
     self.level = [Head(self.features, self.conv, name=str(i)) for i in range(self.levels)]
 
 
+def neck_and_heads(spec: 'RetinaFaceSpec', conv, norm, c3, c4, c5):
+  """FPN, SSH per level and the heads on the backbone's C3-C5: `(bbox, logits, landmarks)`.
+
+  Called inside a compact `__call__` (RetinaFace's, or a benchmark's without the backbone), so the
+  submodules get the parent's checkpoint names (`fpn`, `ssh1`, `BboxHead`, ...).
+  """
+  feats = FPN(spec.out_channels, spec.neck_slope, conv, norm, name='fpn')(c3, c4, c5)
+  feats = [SSH(spec.out_channels, spec.neck_slope, conv, norm, name=f'ssh{i + 1}')(f) for i, f in enumerate(feats)]
+  anchors, n = len(spec.min_sizes[0]), c3.shape[0]
+  ks = (4, 2, 10)  # box offsets, class logits, landmark offsets per anchor
+  heads = [Heads(anchors * k, len(feats), conv, name=name)
+           for k, name in zip(ks, ('BboxHead', 'ClassHead', 'LandmarkHead'))]
+  # Per level the three 1x1 heads read the same map: one conv, split. Each output goes
+  # [N,H,W,anchors*k] -> [N, H*W*anchors, k], the reference's (y, x, anchor) order.
+  per_level = [fused_conv(f, [h.level[i].conv1x1 for h in heads]) for i, f in enumerate(feats)]
+  return tuple(jnp.concatenate([ys[j].reshape(n, -1, k) for ys in per_level], axis=1) for j, k in enumerate(ks))
+
+
 @dataclasses.dataclass(frozen=True)
 class RetinaFaceSpec:
   """What distinguishes the released RetinaFace models (typed, never a ConfigDict)."""
@@ -118,17 +136,7 @@ class RetinaFace(nn.Module):
       body = ResNet50(conv, norm, name='body')
     else:
       raise ValueError(f'unknown backbone {spec.backbone!r}; expected mobilenet0.25 or resnet50')
-    feats = FPN(spec.out_channels, spec.neck_slope, conv, norm, name='fpn')(*body(images.astype(self.dtype)))
-    feats = [SSH(spec.out_channels, spec.neck_slope, conv, norm, name=f'ssh{i + 1}')(f) for i, f in enumerate(feats)]
-    anchors, n = len(spec.min_sizes[0]), images.shape[0]
-    ks = (4, 2, 10)  # box offsets, class logits, landmark offsets per anchor
-    heads = [Heads(anchors * k, len(feats), conv, name=name)
-             for k, name in zip(ks, ('BboxHead', 'ClassHead', 'LandmarkHead'))]
-    # Per level the three 1x1 heads read the same map: one conv, split. Each output goes
-    # [N,H,W,anchors*k] -> [N, H*W*anchors, k], the reference's (y, x, anchor) order.
-    per_level = [fused_conv(f, [h.level[i].conv1x1 for h in heads]) for i, f in enumerate(feats)]
-    bbox, logits, landmarks = (jnp.concatenate([ys[j].reshape(n, -1, k) for ys in per_level], axis=1)
-                               for j, k in enumerate(ks))
+    bbox, logits, landmarks = neck_and_heads(spec, conv, norm, *body(images.astype(self.dtype)))
     out = jnp.promote_types(self.dtype, jnp.float32)  # bf16 compute still returns float32 outputs.
     return bbox.astype(out), logits.astype(out), landmarks.astype(out)
 
