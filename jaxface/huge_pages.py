@@ -15,7 +15,6 @@ Nothing happens off Linux/glibc, when the kernel's THP mode is `never` (nothing 
 from __future__ import annotations
 
 import os
-import platform
 import sys
 
 TUNABLE = 'glibc.malloc.hugetlb=1'
@@ -34,11 +33,18 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
   return text[start + 1:end] if 0 <= start < end else None
 
 
+def on_glibc() -> bool:
+  try:
+    return (os.confstr('CS_GNU_LIBC_VERSION') or '').startswith('glibc')
+  except (AttributeError, ValueError, OSError):  # no confstr, or no such name: not glibc
+    return False
+
+
 def restart_needed(environ, mode: str | None) -> bool:
   """Whether restarting with the tunable would change how large blocks are backed (`mode`: `thp_mode()`)."""
   if environ.get(OPT_OUT, '1') == '0' or not sys.platform.startswith('linux'):
     return False
-  if platform.libc_ver()[0] != 'glibc':
+  if not on_glibc():
     return False
   if 'glibc.malloc.hugetlb' in environ.get('GLIBC_TUNABLES', ''):
     return False

@@ -27,7 +27,7 @@ def test_thp_mode_without_the_file_is_unknown(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='the tunable is a Linux/glibc feature')
 def test_restart_only_when_it_changes_something():
   needed = lambda env, mode='madvise': huge_pages.restart_needed(env, mode)  # noqa: E731
-  assert needed({}) == (huge_pages.platform.libc_ver()[0] == 'glibc')
+  assert needed({}) == huge_pages.on_glibc()
   assert not needed({}, 'always')  # the kernel already backs large mappings with huge pages
   assert not needed({}, 'never')  # nothing to ask for
   assert not needed({}, None)
