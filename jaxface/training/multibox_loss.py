@@ -47,6 +47,8 @@ def smooth_l1(x: jax.Array) -> jax.Array:
 def _order_keys(x: jax.Array) -> jax.Array:
   """uint32 keys in the order of the float32 values `x` (no NaNs), as XLA:CPU's sort compares them:
   -0.0 and subnormals equal to 0.0."""
+  if x.dtype != jnp.float32:
+    raise TypeError(f'mining keys are float32 bit patterns; got {x.dtype}')
   bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
   bits = jnp.where(bits & jnp.uint32(0x7F800000) == 0, jnp.uint32(0), bits)  # zero exponent: 0.0
   return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
