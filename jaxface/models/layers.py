@@ -28,6 +28,7 @@ class BatchNorm(nn.Module):
   batch. Flax's `nn.BatchNorm` keeps the biased variance, a 1/n drift from the reference per
   update (measured in tests/test_grad_parity.py). With `axis_name` (pmap), the statistics are
   averaged over the devices; under `jit` with a sharded batch they are global already.
+  Calling it with `slope` applies the block's LeakyReLU too (`batch_norm_act`).
   """
   use_running_average: bool = True
   momentum: float = 0.1
@@ -36,30 +37,134 @@ class BatchNorm(nn.Module):
   axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [..., C] -> [..., C]
-    c = x.shape[-1]
+  def variables_for(self, c: int):
+    """`(scale [C], bias [C], running mean, running var)`; lets siblings share one pass."""
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     running_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
     running_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
-    if self.use_running_average:
-      mean, var = running_mean.value, running_var.value
-    else:
-      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in >= float32
-      axes = tuple(range(x.ndim - 1))
-      mean, mean_sq = jnp.mean(xf, axes), jnp.mean(jax.lax.square(xf), axes)
-      n = x.size // c
-      if self.axis_name is not None:
-        mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
-        n = n * jax.lax.psum(1, self.axis_name)
-      var = jnp.maximum(mean_sq - mean * mean, 0.0)
-      if not self.is_initializing():
-        m = self.momentum
-        running_mean.value = (1 - m) * running_mean.value + m * mean.astype(jnp.float32)
-        running_var.value = (1 - m) * running_var.value + m * (var * (n / max(n - 1, 1))).astype(jnp.float32)
-    mul = scale * jax.lax.rsqrt(var + self.epsilon)
-    per_channel = lambda v: v.astype(self.dtype).reshape((1,) * (x.ndim - 1) + (c,))
-    return (x.astype(self.dtype) - per_channel(mean)) * per_channel(mul) + per_channel(bias)
+    return scale, bias, running_mean, running_var
+
+  def __call__(self, x: jax.Array, slope: float | None = None) -> jax.Array:  # [..., C] -> [..., C]
+    """BN, then LeakyReLU(`slope`) (0: ReLU; None: no activation)."""
+    return batch_norm_act(x, [(self, x.shape[-1], slope)])
+
+
+def _activate(z: jax.Array, slope) -> jax.Array:
+  """LeakyReLU with slope a float or per channel `[C]` (0: ReLU, 1 or None: identity).
+
+  Its derivative (in `_bn_act_train`'s backward) is torch's: 1 where `z > 0`, else the slope.
+  """
+  if slope is None:
+    return z
+  if isinstance(slope, float) and slope == 0:
+    return nn.relu(z)
+  return jnp.where(z > 0, z, _channels(slope, z.ndim) * z)
+
+
+def _channels(v, ndim: int):
+  """A per-channel `[C]` vector (or a scalar) shaped to broadcast over `[..., C]`."""
+  return v if np.ndim(v) == 0 else v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _batch_stats(x: jax.Array, axis_name: str | None):
+  """Per-channel `(mean, biased var)` in >= float32, over the devices of `axis_name` too."""
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  axes = tuple(range(x.ndim - 1))
+  mean, mean_sq = jnp.mean(xf, axes), jnp.mean(jax.lax.square(xf), axes)
+  if axis_name is not None:
+    mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
+  return mean, jnp.maximum(mean_sq - mean * mean, 0.0)
+
+
+def _normalize(x, mean, var, scale, bias, epsilon, dtype):
+  mul = scale * jax.lax.rsqrt(var + epsilon)
+  per_channel = lambda v: _channels(v.astype(dtype), x.ndim)
+  return (x.astype(dtype) - per_channel(mean)) * per_channel(mul) + per_channel(bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _bn_act_train(x, scale, bias, slope, epsilon, axis_name, dtype):
+  """`(act(BN(x)), batch mean, batch var)` with batch statistics, and a backward in two passes.
+
+  Autodiff of the BN and activation formulas keeps the normalised values and the activation's
+  input as residuals and spreads the backward over several loops (BN's backward was the
+  largest item of the CPU step's profile, BENCHMARKS.md "Train step"). Here the only residual
+  is `x`: the backward recomputes the activation's mask, takes `sum(g)` and `sum(g * (x - mean))`
+  in one reduction and forms the input gradient in one elementwise pass.
+  """
+  return _bn_act_train_fwd(x, scale, bias, slope, epsilon, axis_name, dtype)[0]
+
+
+def _bn_act_train_fwd(x, scale, bias, slope, epsilon, axis_name, dtype):
+  mean, var = _batch_stats(x, axis_name)
+  y = _activate(_normalize(x, mean, var, scale, bias, epsilon, dtype), _slope_array(slope))
+  return (y, mean, var), (x, scale, bias, mean, var)
+
+
+def _bn_act_train_bwd(slope, epsilon, axis_name, dtype, residuals, cotangents):
+  x, scale, bias, mean, var = residuals
+  dy, dmean, dvar = cotangents
+  f = jnp.promote_types(x.dtype, jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  rstd = jax.lax.rsqrt(var + epsilon)
+  mul = scale * rstd
+  g = dy.astype(f)
+  s = _slope_array(slope)
+  if s is not None:  # the activation's derivative at the forward's input: 1 where z > 0, else the slope
+    z = _normalize(x, mean, var, scale, bias, epsilon, dtype)
+    g = jnp.where(z > 0, g, g * _channels(s, x.ndim))
+  xc = x.astype(f) - _channels(mean, x.ndim)
+  sum_g, sum_gxc = jnp.sum(g, axes), jnp.sum(g * xc, axes)
+  n = x.size // x.shape[-1]
+  # d mean / dx = 1/n and d var / dx = 2 (x - mean) / n, n over all devices; under pmap each
+  # device's cotangents of the shared statistics are summed (the transpose of pmean).
+  c1, c2 = dmean - mul * sum_g, 2 * dvar - mul * rstd * rstd * sum_gxc
+  if axis_name is not None:
+    c1, c2 = jax.lax.psum((c1, c2), axis_name)
+    n = n * jax.lax.psum(1, axis_name)
+  dx = g * _channels(mul, x.ndim) + _channels(c1 / n, x.ndim) + _channels(c2 / n, x.ndim) * xc
+  return dx.astype(x.dtype), (sum_gxc * rstd).astype(scale.dtype), sum_g.astype(bias.dtype)
+
+
+_bn_act_train.defvjp(_bn_act_train_fwd, _bn_act_train_bwd)
+
+
+def _slope_array(slope):
+  """`slope` as `_activate` takes it: None, a float, or per channel (a static tuple) as an array."""
+  return np.asarray(slope, np.float32) if isinstance(slope, tuple) else slope
+
+
+def batch_norm_act(x: jax.Array, groups: Sequence[tuple[BatchNorm, int, float | None]]) -> jax.Array:
+  """BNs over consecutive channel groups of `x` `[..., C]`, each followed by its LeakyReLU.
+
+  `groups`: `(BatchNorm module, channels, slope or None)`, channels summing to C. Siblings whose
+  convs run as one (`fused_conv_bn`) normalise in one pass; BN is per channel, so this is the
+  same as normalising each part. Each module keeps its own variables and running statistics.
+  """
+  bn = groups[0][0]
+  variables = [m.variables_for(c) for m, c, _ in groups]
+  scale, bias = (jnp.concatenate([v[i] for v in variables]) for i in (0, 1))
+  slopes = {s for *_, s in groups}
+  if len(slopes) == 1:
+    slope = slopes.pop()
+    slope = None if slope is None else float(slope)
+  else:
+    slope = tuple(float(1.0 if s is None else s) for _, c, s in groups for _ in range(c))
+  if bn.use_running_average:
+    mean, var = (jnp.concatenate([v[i].value for v in variables]) for i in (2, 3))
+    return _activate(_normalize(x, mean, var, scale, bias, bn.epsilon, bn.dtype), _slope_array(slope))
+  y, mean, var = _bn_act_train(x, scale, bias, slope, bn.epsilon, bn.axis_name, bn.dtype)
+  if not bn.is_initializing():
+    n = x.size // x.shape[-1]
+    if bn.axis_name is not None:
+      n = n * jax.lax.psum(1, bn.axis_name)
+    unbiased = var * (n / max(n - 1, 1))
+    offsets = np.cumsum([0] + [c for _, c, _ in groups])
+    for (m, *_), (_, _, running_mean, running_var), a, b in zip(groups, variables, offsets[:-1], offsets[1:]):
+      running_mean.value = (1 - m.momentum) * running_mean.value + m.momentum * mean[a:b].astype(jnp.float32)
+      running_var.value = (1 - m.momentum) * running_var.value + m.momentum * unbiased[a:b].astype(jnp.float32)
+  return y
 
 
 def torch_bn(*, train: bool, dtype: Dtype = jnp.float32, axis_name: str | None = None) -> Callable[..., nn.Module]:
@@ -74,11 +179,6 @@ def pad_same(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
   """Symmetric padding `k // 2` on both sides, as PyTorch's `padding=k//2` (Flax 'SAME' is asymmetric)."""
   p = kernel // 2
   return ((p, p), (p, p))
-
-
-def leaky_relu(x: jax.Array, slope: float) -> jax.Array:
-  """LeakyReLU(slope); slope 0 is exactly ReLU (the reference's `leaky=0`)."""
-  return nn.relu(x) if slope == 0 else jnp.where(x >= 0, x, slope * x)
 
 
 def _on_cpu() -> bool:
@@ -374,27 +474,34 @@ class ConvBN(nn.Module):
 
   def finish(self, y: jax.Array) -> jax.Array:
     """BN and activation on this block's conv output."""
-    y = self.norm_1(y)
-    return y if self.slope is None else leaky_relu(y, self.slope)
+    return self.norm_1(y, self.slope)
 
 
 def fused_conv(x: jax.Array, convs: Sequence[Conv]) -> list[jax.Array]:
   """Several `Conv`s (same kernel size and stride) that read the same input, as one conv over
   their stacked kernels: same parameters and results, fewer and wider convolutions."""
+  y, sizes, biases = _stacked_conv(x, convs)
+  parts = jnp.split(y, np.cumsum(sizes)[:-1], axis=-1)
+  return [p if b is None else p + b[None, None, None, :] for p, b in zip(parts, biases)]
+
+
+def _stacked_conv(x: jax.Array, convs: Sequence[Conv]):
+  """`(y [N,H',W',sum O], the convs' O, their biases)`: one conv over the stacked kernels, no bias."""
   variables = [c.variables_for(x.shape[-1]) for c in convs]
   kernel = jnp.concatenate([k for k, _ in variables], axis=-1)
   y = conv2d(x.astype(kernel.dtype), kernel, convs[0].stride)
-  parts = jnp.split(y, np.cumsum([k.shape[-1] for k, _ in variables])[:-1], axis=-1)
-  return [p if b is None else p + b[None, None, None, :] for p, (_, b) in zip(parts, variables)]
+  return y, [k.shape[-1] for k, _ in variables], [b for _, b in variables]
 
 
 def fused_conv_bn(x: jax.Array, blocks: Sequence[ConvBN]) -> list[jax.Array]:
   """Several `ConvBN`s that read the same input, run as one conv over their stacked kernels.
 
   Same parameters and results as calling each block; one larger convolution is faster than
-  several thin ones (SSH's 64->32 and 64->16 3x3s).
+  several thin ones (SSH's 64->32 and 64->16 3x3s), and their BNs run as one (`batch_norm_act`).
   """
-  return [b.finish(y) for b, y in zip(blocks, fused_conv(x, [b.conv_0 for b in blocks]))]
+  y, sizes, _ = _stacked_conv(x, [b.conv_0 for b in blocks])  # ConvBN's convs have no bias
+  y = batch_norm_act(y, [(b.norm_1, c, b.slope) for b, c in zip(blocks, sizes)])
+  return jnp.split(y, np.cumsum(sizes)[:-1], axis=-1)
 
 
 class ConvDW(nn.Module):
@@ -409,9 +516,9 @@ class ConvDW(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = DepthwiseConv3x3(self.stride, dtype=self.dtype, name='0')(x)
-    x = leaky_relu(self.norm(name='1')(x), self.slope)
+    x = self.norm(name='1')(x, self.slope)
     x = self.conv(self.features, 1, name='3')(x)
-    return leaky_relu(self.norm(name='4')(x), self.slope)
+    return self.norm(name='4')(x, self.slope)
 
 
 def upsample_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:

@@ -52,13 +52,15 @@ class SSH(nn.Module):
     block = functools.partial(ConvBN, conv=self.conv, norm=self.norm)
     q = self.features // 4
     # conv3X3 and conv5X5_1 read x; conv5X5_2 and conv7X7_2 read conv5X5_1's output: each pair
-    # runs as one convolution (`fused_conv_bn`), same parameters and results.
-    b3, t = fused_conv_bn(x, [block(self.features // 2, slope=None, name='conv3X3'),
+    # runs as one convolution (`fused_conv_bn`), same parameters and results. The reference's
+    # `conv_bn_no_relu` branches get their ReLU after the concatenation; per channel that is the
+    # same as a ReLU on each branch (slope 0), which runs inside the BN's pass.
+    b3, t = fused_conv_bn(x, [block(self.features // 2, slope=0.0, name='conv3X3'),
                               block(q, slope=self.slope, name='conv5X5_1')])
-    b5, t = fused_conv_bn(t, [block(q, slope=None, name='conv5X5_2'),
+    b5, t = fused_conv_bn(t, [block(q, slope=0.0, name='conv5X5_2'),
                               block(q, slope=self.slope, name='conv7X7_2')])
-    b7 = block(q, slope=None, name='conv7x7_3')(t)
-    return nn.relu(jnp.concatenate([b3, b5, b7], axis=-1))
+    b7 = block(q, slope=0.0, name='conv7x7_3')(t)
+    return jnp.concatenate([b3, b5, b7], axis=-1)
 
 
 class Head(nn.Module):
