@@ -67,11 +67,32 @@ def _channels(v, ndim: int):
   return v if np.ndim(v) == 0 else v.reshape((1,) * (ndim - 1) + (-1,))
 
 
+def _channel_sums(values: Sequence[jax.Array]) -> list[jax.Array]:
+  """Per-channel sums `[C]` of several same-shape `[..., C]` arrays, on CPU in one pass.
+
+  XLA:CPU runs separate sums as separate loops over memory; one variadic reduce is one loop
+  that reads each input once. For `[N, H, W, C]` the rows `N*H` are split into up to 32 blocks
+  kept in the output (the loop's parallel axis) and each row's `W*C` values are kept too, so
+  the loop vectorises along contiguous memory; the few partial sums `[blocks, W*C]` are added
+  after. XLA fuses the inputs' producers into this loop: keep them cheap elementwise ops of
+  materialised arrays (BENCHMARKS.md, "Train step").
+  """
+  if not _on_cpu() or values[0].ndim != 4:
+    return [jnp.sum(v, tuple(range(v.ndim - 1))) for v in values]
+  n, h, w, c = values[0].shape
+  rows = n * h
+  blocks = max(d for d in range(1, 33) if rows % d == 0 and (rows // d >= 16 or d == 1))
+  parts = tuple(v.reshape(blocks, rows // blocks, w * c) for v in values)
+  zeros = tuple(jnp.zeros((), v.dtype) for v in parts)
+  sums = jax.lax.reduce(parts, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
+  return [s.reshape(blocks * w, c).sum(0) for s in sums]
+
+
 def _batch_stats(x: jax.Array, axis_name: str | None):
   """Per-channel `(mean, biased var)` in >= float32, over the devices of `axis_name` too."""
   xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  axes = tuple(range(x.ndim - 1))
-  mean, mean_sq = jnp.mean(xf, axes), jnp.mean(jax.lax.square(xf), axes)
+  n = x.size // x.shape[-1]
+  mean, mean_sq = (s / n for s in _channel_sums([xf, jax.lax.square(xf)]))
   if axis_name is not None:
     mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
   return mean, jnp.maximum(mean_sq - mean * mean, 0.0)
@@ -106,16 +127,25 @@ def _bn_act_train_bwd(slope, epsilon, axis_name, dtype, residuals, cotangents):
   x, scale, bias, mean, var = residuals
   dy, dmean, dvar = cotangents
   f = jnp.promote_types(x.dtype, jnp.float32)
-  axes = tuple(range(x.ndim - 1))
   rstd = jax.lax.rsqrt(var + epsilon)
   mul = scale * rstd
+  per_channel = lambda v: _channels(v, x.ndim)
   g = dy.astype(f)
+  xc = x.astype(f) - per_channel(mean)
   s = _slope_array(slope)
-  if s is not None:  # the activation's derivative at the forward's input: 1 where z > 0, else the slope
-    z = _normalize(x, mean, var, scale, bias, epsilon, dtype)
-    g = jnp.where(z > 0, g, g * _channels(s, x.ndim))
-  xc = x.astype(f) - _channels(mean, x.ndim)
-  sum_g, sum_gxc = jnp.sum(g, axes), jnp.sum(g * xc, axes)
+  if s is not None:
+    # The activation's derivative: 1 where z = xc * mul + bias > 0, else the slope. Written as a
+    # comparison, not the forward's formula for z: XLA would merge the two and keep z alive from
+    # the forward to here, written out in a loop of its own (measured in the step's profile).
+    g = jnp.where(xc * per_channel(mul) > per_channel(-bias), g, g * per_channel(s))
+  # Two plain sums: XLA:CPU gives them to its reduction library, which cannot take the select
+  # above, so `g` is written once. One variadic reduce (`_channel_sums`) would fuse `g` and
+  # its producer (often a depthwise input gradient, nine taps) into the reduction and again
+  # into `dx`'s loop: 1.5x slower in the step. `sum(g * x)` rather than `sum(g * xc)`: the
+  # library cannot take the subtraction either, and `xc` would be written out too.
+  axes = tuple(range(x.ndim - 1))
+  sum_g = jnp.sum(g, axes)
+  sum_gxc = jnp.sum(g * x.astype(f), axes) - mean * sum_g
   n = x.size // x.shape[-1]
   # d mean / dx = 1/n and d var / dx = 2 (x - mean) / n, n over all devices; under pmap each
   # device's cotangents of the shared statistics are summed (the transpose of pmean).
@@ -123,7 +153,7 @@ def _bn_act_train_bwd(slope, epsilon, axis_name, dtype, residuals, cotangents):
   if axis_name is not None:
     c1, c2 = jax.lax.psum((c1, c2), axis_name)
     n = n * jax.lax.psum(1, axis_name)
-  dx = g * _channels(mul, x.ndim) + _channels(c1 / n, x.ndim) + _channels(c2 / n, x.ndim) * xc
+  dx = g * per_channel(mul) + per_channel(c1 / n) + per_channel(c2 / n) * xc
   return dx.astype(x.dtype), (sum_gxc * rstd).astype(scale.dtype), sum_g.astype(bias.dtype)
 
 
@@ -375,20 +405,11 @@ def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arra
 def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
   """`[3, 3, 1, C]`: each tap's `sum over n, h, w of x_tap * g`, the nine in one pass.
 
-  One variadic reduce, so XLA:CPU emits a single loop that reads `x` and `g` once (nine separate
-  sums each copy a shifted slice first: 2-5x slower, as is the grouped conv's filter gradient;
-  bench/bench_depthwise.py).
-  The rows `n*h` are split into up to 32 blocks kept in the output (the loop's parallel axis) and
-  each row's `w*c` values are kept too, so the loop vectorises along contiguous memory; the few
-  partial sums `[blocks, w*c]` are added after.
+  One variadic reduce (`_channel_sums`), so XLA:CPU emits a single loop that reads `x` and `g`
+  once (nine separate sums each copy a shifted slice first: 2-5x slower, as is the grouped conv's
+  filter gradient; bench/bench_depthwise.py).
   """
-  n, ho, wo, c = g.shape
-  rows = n * ho
-  blocks = max(d for d in range(1, 33) if rows % d == 0 and (rows // d >= 16 or d == 1))
-  products = tuple((t * g).reshape(blocks, rows // blocks, wo * c) for _, _, t in _taps(x, 3, stride))
-  zeros = tuple(jnp.zeros((), g.dtype) for _ in products)
-  sums = jax.lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
-  return jnp.stack([s.reshape(blocks * wo, c).sum(0) for s in sums]).reshape(3, 3, 1, c)
+  return jnp.stack(_channel_sums([t * g for _, _, t in _taps(x, 3, stride)])).reshape(3, 3, 1, g.shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
