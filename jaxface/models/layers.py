@@ -253,7 +253,7 @@ def _fma_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _fma_conv_library_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """Forward as fused multiply-adds, gradients from the library conv's VJP.
+  """Forward as fused multiply-adds, gradients from the library conv's VJP (a 1x1's as 2-D products).
 
   Autodiff of the multiply-adds would keep every broadcast tap (27 x the stem's output) as a
   residual; saving `(x, kernel)` instead makes the training step ~12% faster
@@ -268,6 +268,8 @@ def _saving_inputs(forward):
 
 
 def _fma_bwd(stride, residuals, g):
+  if residuals[1].shape[0] == 1:  # a 1x1: its gradients as 2-D products, see `_pointwise_cpu`
+    return _pointwise_bwd(stride, residuals, g)
   return jax.vjp(lambda x, k: library_conv(x, k, stride), *residuals)[1](g)
 
 
