@@ -106,13 +106,14 @@ def _normalize(x, mean, var, scale, bias, epsilon, dtype):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _bn_act_train(x, scale, bias, slope, epsilon, axis_name, dtype):
-  """`(act(BN(x)), batch mean, batch var)` with batch statistics, and a backward in two passes.
+  """`(act(BN(x)), batch mean, batch var)` with batch statistics, and a backward in four loops.
 
   Autodiff of the BN and activation formulas keeps the normalised values and the activation's
-  input as residuals and spreads the backward over several loops (BN's backward was the
-  largest item of the CPU step's profile, BENCHMARKS.md "Train step"). Here the only residual
-  is `x`: the backward recomputes the activation's mask, takes `sum(g)` and `sum(g * (x - mean))`
-  in one reduction and forms the input gradient in one elementwise pass.
+  input as residuals and spreads the backward over more loops (BN's backward was the largest
+  item of the CPU step's profile, BENCHMARKS.md "Train step"). Here the only residual is `x`.
+  The backward writes `g`, the output gradient through the activation's derivative (its mask
+  recomputed from `x`), takes `sum(g)` and `sum(g * x)`, and forms the input gradient in one
+  elementwise pass.
   """
   return _bn_act_train_fwd(x, scale, bias, slope, epsilon, axis_name, dtype)[0]
 
@@ -141,7 +142,7 @@ def _bn_act_train_bwd(slope, epsilon, axis_name, dtype, residuals, cotangents):
   # Two plain sums: XLA:CPU gives them to its reduction library, which cannot take the select
   # above, so `g` is written once. One variadic reduce (`_channel_sums`) would fuse `g` and
   # its producer (often a depthwise input gradient, nine taps) into the reduction and again
-  # into `dx`'s loop: 1.5x slower in the step. `sum(g * x)` rather than `sum(g * xc)`: the
+  # into `dx`'s loop: twice BN's backward time in the step. `sum(g * x)` rather than `sum(g * xc)`: the
   # library cannot take the subtraction either, and `xc` would be written out too.
   axes = tuple(range(x.ndim - 1))
   sum_g = jnp.sum(g, axes)
