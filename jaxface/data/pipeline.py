@@ -169,15 +169,19 @@ def _log_losses(it: Iterator[dict[str, np.ndarray]], cfg: LoaderConfig, start_st
   """
   totals = dict.fromkeys(COUNTERS, 0)
   seen = set()
-  for step, batch in enumerate(it, start=start_step):
-    for key in COUNTERS:
-      n = int(batch[key].sum())
-      totals[key] += n
-      if n and key not in seen:
-        seen.add(key)
-        logging.warning('loader: step %d: %d %s (further counts every 1000 steps)', step, n,
-                        COUNTERS[key].format(max_faces=cfg.max_faces))
-    if step % 1000 == 999 and any(totals.values()):
-      logging.warning('loader: by step %d: %s', step, ', '.join(
-          f'{v} {COUNTERS[k].format(max_faces=cfg.max_faces)}' for k, v in totals.items() if v))
-    yield batch
+  try:
+    for step, batch in enumerate(it, start=start_step):
+      for key in COUNTERS:
+        n = int(batch[key].sum())
+        totals[key] += n
+        if n and key not in seen:
+          seen.add(key)
+          logging.warning('loader: step %d: %d %s (further counts every 1000 steps)', step, n,
+                          COUNTERS[key].format(max_faces=cfg.max_faces))
+      if step % 1000 == 999 and any(totals.values()):
+        logging.warning('loader: by step %d: %s', step, ', '.join(
+            f'{v} {COUNTERS[k].format(max_faces=cfg.max_faces)}' for k, v in totals.items() if v))
+      yield batch
+  finally:  # exhausted or closed by the consumer: stop Grain's threads and worker processes now
+    if hasattr(it, 'close'):
+      it.close()
