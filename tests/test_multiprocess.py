@@ -114,5 +114,8 @@ def test_two_process_training_loop_matches_one(tmp_path):
   for i, (a, b) in enumerate(zip(*logs)):
     ref.update({f'metrics[{i}].{k}': np.float64(a[k]) for k in a if k.startswith('train/loss')})
     got.update({f'metrics[{i}].{k}': np.float64(b[k]) for k in a if k.startswith('train/loss')})
+    # The loader's drop counts cover the global batch, not the writing process's slice.
+    assert {k: v for k, v in b.items() if k.startswith('data/')} == {k: v for k, v in a.items() if k.startswith('data/')}
+  assert any(v for m in logs[0] for k, v in m.items() if k.startswith('data/')), 'no drops: the check above is vacuous'
   assert tp.compare('two-process loop vs one process', ref, got), (
       'two processes differ from one by more than 1e-5 (worst differences printed above)')

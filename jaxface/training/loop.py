@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxface import checkpoint_io, convert
 from jaxface.data import augment_retinaface, pipeline
@@ -259,9 +260,14 @@ def _log(pending, step, total, per_epoch, schedule, images_per_s, progress, batc
   say(f'step {step}/{total} epoch {step / per_epoch:.2f} | {images_per_s:.1f} img/s | loss {mean["loss"]:.4f} '
       f'(loc {mean["loss_loc"]:.4f} cls {mean["loss_cls"]:.4f} landm {mean["loss_landm"]:.4f}) '
       f'pos {mean["num_pos"]:.0f} | lr {lr:.2e} | ETA {clock(eta)}')
+  # What the loader dropped from this step's batch: each process loaded a slice, so the counts are
+  # summed over the processes (a collective: every process gets here at the same steps).
+  dropped = np.array([int(batch[k].sum()) for k in pipeline.COUNTERS])
+  if jax.process_count() > 1:
+    dropped = np.asarray(multihost_utils.process_allgather(dropped)).sum(0)
+  dropped = dict(zip(pipeline.COUNTERS, dropped.tolist()))
   if writers is None:  # not the main process of a multi-process run: the main one writes
     return
-  dropped = {k: int(batch[k].sum()) for k in pipeline.COUNTERS}  # this process's slice of the batch
   writers.write_scalars(step, {**{f'train/{k}': v for k, v in mean.items()}, 'train/lr': lr,
                                'train/images_per_s': images_per_s, 'train/epoch': step / per_epoch,
                                'train/nonfinite_steps': progress.get('nonfinite_steps', 0),
