@@ -114,8 +114,9 @@ def test_fused_batch_norms_equal_separate_ones():
   results = []
   for fused in (True, False):
     model = _Siblings(fused)
-    y, updates = model.apply(variables, x, mutable=['batch_stats'])
-    grad = jax.grad(lambda p: jnp.sum(jnp.sin(model.apply({**variables, 'params': p}, x, mutable=['batch_stats'])[0])))
+    y, updates = jax.jit(lambda v: model.apply(v, x, mutable=['batch_stats']))(variables)
+    grad = jax.jit(jax.grad(
+        lambda p: jnp.sum(jnp.sin(model.apply({**variables, 'params': p}, x, mutable=['batch_stats'])[0]))))
     results.append((y, updates['batch_stats'], grad(variables['params'])))
   (y, stats, grads), (y_ref, stats_ref, grads_ref) = results
   np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
