@@ -34,6 +34,7 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
 
 
 def on_glibc() -> bool:
+  """Whether this Python runs on glibc (the tunable is glibc's), asked of the C library itself."""
   try:
     return (os.confstr('CS_GNU_LIBC_VERSION') or '').startswith('glibc')
   except (AttributeError, ValueError, OSError):  # no confstr, or no such name: not glibc

@@ -166,8 +166,9 @@ def train(config, workdir: str) -> ts.TrainState:
   pending = []  # device metrics since the last log line
   window_start, window_images = time.time(), 0
   step = start
-  batches = pipeline.batches(source, augment, loader_cfg, start_step=start, num_steps=total_steps - start)
+  batches = None
   try:
+    batches = pipeline.batches(source, augment, loader_cfg, start_step=start, num_steps=total_steps - start)
     with _Preemption() as preempt:
       for batch in batches:
         try:
@@ -209,7 +210,8 @@ def train(config, workdir: str) -> ts.TrainState:
     # The loader workers' batches arrive in shared memory that Grain unlinks when the arrays are
     # freed, and some sit in reference cycles: collected only at exit, the resource tracker
     # reports them as leaked. Free them now.
-    batches.close()
+    if batches is not None:
+      batches.close()
     batch = None  # the last batch's arrays too
     gc.collect()
   return host_state(run_state)
