@@ -298,7 +298,7 @@ def main():
 
   model = retinaface(args.arch)
   tx = ts.sgd(LR)
-  state = ts.init_state(model, tx, jax.random.PRNGKey(0), args.size, variables=variables)
+  state = ts.init_state(tx, variables)
   batches = [jax.device_put(b) for b in batches_np]
   priors = anchors.prior_boxes(args.size, args.size)
 

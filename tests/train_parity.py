@@ -85,7 +85,7 @@ def initial_state(seed: int = 0):
       return rng.normal(0.0, 1.0 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(DTYPE)
     return (np.ones if ('scale' in name or 'var' in name) else np.zeros)(leaf.shape, DTYPE)
   variables = jax.tree_util.tree_map_with_path(draw, shapes)
-  state = ts.init_state(m, optimizer(), None, S, variables=variables)
+  state = ts.init_state(optimizer(), variables)
   return jax.tree_util.tree_map(np.asarray, state)
 
 

@@ -56,8 +56,7 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
 
 def initial_variables(model, config, rng) -> dict[str, Any]:
   """Random init, with the ImageNet backbone (through the converter) when the config names one."""
-  s = config.data.image_size
-  variables = jax.device_get(model.init(rng, jnp.zeros((1, s, s, 3), jnp.float32), train=False))
+  variables = jax.device_get(ts.init_variables(model, rng))
   if config.pretrained_backbone:
     path = config.pretrained_backbone
     if not os.path.isfile(path):
@@ -115,8 +114,7 @@ def train(config, workdir: str) -> ts.TrainState:
     raise ValueError(f'config.batch_size={batch_size} must be divisible by the {jax.device_count()} devices')
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = ts.init_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size,
-                        variables=initial_variables(model, config, jax.random.PRNGKey(config.seed)))
+  state = ts.init_state(tx, initial_variables(model, config, jax.random.PRNGKey(config.seed)))
   state = parallel.replicate(state, mesh)
   mgr = checkpoints.manager(workdir, keep=config.checkpoint_keep)
   progress = dict(seed=config.seed, batch_size=batch_size, nonfinite_steps=0, train_seconds=0.0)
@@ -138,7 +136,7 @@ def train(config, workdir: str) -> ts.TrainState:
   if use_pmap:
     step_fn = jax.pmap(functools.partial(guarded_step, axis_name='batch', **kwargs), axis_name='batch',
                        donate_argnums=0)
-    run_state = parallel.pmap_replicate(jax.tree_util.tree_map(host_copy, state))
+    run_state = parallel.pmap_replicate(jax.tree_util.tree_map(host_copy, state), 'batch')
     to_device = parallel.pmap_batch
   else:
     data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))

@@ -53,13 +53,31 @@ def step_decay(base_lr: float, steps_per_epoch: int, decay_epochs: tuple[int, ..
   return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warm), lambda s: decay(s + warm)], [warm])
 
 
-def init_state(model: RetinaFace, tx: optax.GradientTransformation, rng: jax.Array, image_size: int,
-               variables: Mapping[str, Any] | None = None) -> TrainState:
-  """A fresh state (or one around given `variables`, e.g. ImageNet backbone weights merged in)."""
-  if variables is None:
-    variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
+def init_variables(model: RetinaFace, rng: jax.Array) -> dict[str, Any]:
+  """Random `params` and initial `batch_stats`, as one compiled program.
+
+  Run eagerly, flax's init compiles every op of a forward pass on its own (~45 s of compiles for
+  mnet on CPU); jitted, the forward is dead code and the program is the initialisers alone. The
+  variables do not depend on the input size (the network is all convolutions), so the program
+  traces one fixed size: one compile per architecture, whatever the training size.
+  """
+  return _jitted_init(model)(rng, jnp.zeros((1, 64, 64, 3), jnp.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model: RetinaFace):
+  # On CPU without LLVM's optimisations: each kernel's threefry draw is a large unrolled function
+  # that takes ~1 s to optimise (24 s for mnet), and runs once (5-8 s unoptimised, same numbers to 1 ulp).
+  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+  return jax.jit(functools.partial(model.init, train=False), compiler_options=options)
+
+
+def init_state(tx: optax.GradientTransformation, variables: Mapping[str, Any]) -> TrainState:
+  """Step 0 around `variables` (from `init_variables`, or with ImageNet backbone weights merged in)."""
+  # One program: eagerly, the optimizer's zeros would compile once per parameter shape.
+  opt_state = jax.jit(tx.init)(variables['params'])
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                    batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
+                    batch_stats=variables['batch_stats'], opt_state=opt_state)
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: RetinaFace,
