@@ -48,7 +48,7 @@ def main() -> int:
   jobs = {
       'single': (ts.make_train_step(tp.model(), tx), device0(state0), lambda b: b),
       'sharded': (ts.make_sharded_train_step(tp.model(), tx, mesh), parallel.replicate(state0, mesh), to_mesh),
-      'pmap': (ts.make_pmap_train_step(tp.model(bn_axis_name='batch'), tx), parallel.pmap_replicate(state0),
+      'pmap': (ts.make_pmap_train_step(tp.model(bn_axis_name='batch'), tx), parallel.pmap_replicate(state0, 'batch'),
                parallel.pmap_batch),
   }
   v32 = jax.tree_util.tree_map(lambda x: x.astype(np.float32), {'params': state0.params,
@@ -57,7 +57,7 @@ def main() -> int:
   probes = {
       'single': (jax.jit(tp.mining_probe(m32)), device0(v32), lambda b: b),
       'sharded': (jax.jit(tp.mining_probe(m32), in_shardings=(rep, data)), parallel.replicate(v32, mesh), to_mesh),
-      'pmap': (jax.pmap(tp.mining_probe(pm32, 'batch'), axis_name='batch'), parallel.pmap_replicate(v32),
+      'pmap': (jax.pmap(tp.mining_probe(pm32, 'batch'), axis_name='batch'), parallel.pmap_replicate(v32, 'batch'),
                parallel.pmap_batch),
   }
   print(f'state, batches and placement in {time.perf_counter() - t0:.1f} s', flush=True)

@@ -89,12 +89,14 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree_util.tree_map(put, tree)
 
 
-def pmap_replicate(tree: Any) -> Any:
+def pmap_replicate(tree: Any, axis_name: str) -> Any:
   """A pytree (e.g. the initial state) copied to every local device as `[local devices, ...]`,
-  placed as `pmap` places its outputs: a first step fed numpy would compile a second program
-  for the second step, whose state comes back in that placement."""
+  placed as a `pmap` over `axis_name` places its outputs. Fed anything else (numpy, or the output
+  of a `pmap` with another axis name: pmap's mesh is named after its axis), the first step would
+  compile a second program for the second step, whose state comes back in that placement."""
   n = jax.local_device_count()
-  return jax.pmap(lambda x: x)(jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * n), tree))
+  stacked = jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * n), tree)
+  return jax.pmap(lambda x: x, axis_name=axis_name)(stacked)
 
 
 def pmap_batch(local_batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
