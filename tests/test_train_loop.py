@@ -1,9 +1,10 @@
 """train.py's loop: exact resume after a kill, non-finite losses, the files a run leaves.
 
-Tiny runs (retinaface_mnet at 64 px, batch 4, the synthetic set). The programs are shared through a
-persistent compilation cache for the module, so the killed subprocess and the resumed run reuse the
-straight run's compile.
+Tiny runs (retinaface_mnet at 64 px, batch 4, the synthetic set). The programs are shared through
+conftest's persistent compilation cache, so the killed subprocess, the resumed run and the runs fed
+non-finite batches reuse the straight run's compile.
 """
+import functools
 import gc
 import json
 import os
@@ -54,33 +55,41 @@ def tiny_config(**overrides):
   return c
 
 
-@pytest.fixture(scope='module')
-def compile_cache(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('xla_cache'))
-  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  yield path
-  jax.config.update('jax_compilation_cache_dir', old[0])
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
+def _count_step_traces(monkeypatch):
+  """The loop's step traces, counted: a retrace is a recompile (the train step's ~20 s)."""
+  traces = []
+  original = loop.guarded_step
+
+  @functools.wraps(original)
+  def counted(*args, **kwargs):
+    traces.append(1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(loop, 'guarded_step', counted)
+  return traces
 
 
 @pytest.fixture(scope='module')
-def straight_run(compile_cache, tmp_path_factory):
+def straight_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('straight'))
-  state = loop.train(tiny_config(**WITH_EVAL), workdir)
-  return workdir, state
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    traces = _count_step_traces(monkeypatch)
+    state = loop.train(tiny_config(**WITH_EVAL), workdir)
+  return workdir, state, len(traces)
+
+
+def test_one_trace_per_run(straight_run):
+  assert straight_run[2] == 1
 
 
 def _leaves(tree):
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
-def test_resume_after_kill_continues_exactly(straight_run, compile_cache, tmp_path):
-  _, straight = straight_run
+def test_resume_after_kill_continues_exactly(straight_run, tmp_path):
+  _, straight, _ = straight_run
   workdir = str(tmp_path / 'killed')
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             PYTHONPATH=ROOT)
+  env = dict(os.environ, PYTHONPATH=ROOT)  # with conftest's compile cache
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'),
                          '--config', os.path.join(ROOT, 'configs', 'retinaface_mnet.py') + ':demo',
                          '--workdir', workdir, *TINY, f'--config.crash_after_step={STEPS // 2 + 1}'],
@@ -105,7 +114,7 @@ def test_resume_after_kill_continues_exactly(straight_run, compile_cache, tmp_pa
 
 
 def test_workdir_is_a_detector_checkpoint(straight_run):
-  workdir, state = straight_run
+  workdir, state, _ = straight_run
   meta = checkpoint_io.read_meta(workdir)
   assert meta['arch'] == 'retinaface_mnet' and meta['dataset']['name'] == 'synthetic'
   variables, meta = checkpoint_io.load_variables(workdir)
@@ -129,33 +138,45 @@ def test_workdir_is_a_detector_checkpoint(straight_run):
 
 
 def test_finished_run_resumes_to_nothing(straight_run):
-  workdir, state = straight_run
+  workdir, state, _ = straight_run
   again = loop.train(tiny_config(**WITH_EVAL), workdir)
   for a, b in zip(_leaves(state.params), _leaves(again.params)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_resume_refuses_a_different_seed(straight_run):
-  workdir, _ = straight_run
+  workdir, _, _ = straight_run
   with pytest.raises(ValueError, match='seed'):
     loop.train(tiny_config(seed=1), workdir)
 
 
-def test_nonfinite_loss_stops_or_skips(compile_cache, tmp_path):
-  # A learning rate this large sends the weights to ~1e30 after step 1; step 2's loss is not finite.
-  blowup = dict(learning_rate=1e30, warmup_epochs=0.0, num_steps=3)
+def _poisoned_from_step_2(monkeypatch):
+  """Batches for steps 2 on carry NaN pixels (a corrupt image): those steps' losses are not finite.
+  The config is the straight run's, so the step's program comes from the compilation cache."""
+  clean = loop.pipeline.batches
+
+  def batches(*args, start_step=0, **kwargs):
+    for step, batch in enumerate(clean(*args, start_step=start_step, **kwargs), start=start_step + 1):
+      yield dict(batch, image=np.full_like(batch['image'], np.nan)) if step >= 2 else batch
+
+  monkeypatch.setattr(loop.pipeline, 'batches', batches)
+
+
+def test_nonfinite_loss_stops_or_skips(tmp_path, monkeypatch):
+  _poisoned_from_step_2(monkeypatch)
   with pytest.raises(loop.NonFiniteLoss, match=r'step 2: .*last good checkpoint is step 1'):
-    loop.train(tiny_config(**blowup), str(tmp_path / 'stop'))
+    loop.train(tiny_config(num_steps=3), str(tmp_path / 'stop'))
   mgr = checkpoints.manager(str(tmp_path / 'stop'), keep=3)
   assert mgr.latest_step() == 1
   mgr.close()
 
-  # skip_nonfinite is a host decision: the same compiled program, so this run hits the cache.
-  state = loop.train(tiny_config(skip_nonfinite=True, **blowup), str(tmp_path / 'skip'))
+  # skip_nonfinite is a host decision: the same compiled program.
+  state = loop.train(tiny_config(skip_nonfinite=True, num_steps=3), str(tmp_path / 'skip'))
   after_step_1, _ = checkpoint_io.load_variables(str(tmp_path / 'stop'))
   assert int(state.step) == 3
-  for a, b in zip(_leaves(after_step_1['params']), _leaves(state.params)):
-    np.testing.assert_array_equal(a, b)  # steps 2 and 3 were withheld
+  for col in ('params', 'batch_stats'):
+    for a, b in zip(_leaves(after_step_1[col]), _leaves(getattr(state, col))):
+      np.testing.assert_array_equal(a, b)  # steps 2 and 3 were withheld
   assert all(np.isfinite(x).all() for x in _leaves(state.params))
   progress = checkpoints.read_progress(str(tmp_path / 'skip'))
   assert progress['step'] == 3 and progress['nonfinite_steps'] == 2
@@ -183,7 +204,7 @@ def test_evaluate_py_reproduces_the_periodic_ap(straight_run, tmp_path):
   """`evaluate.py --ckpt WORKDIR` finds the val set in the workdir's metadata and prints the AP the
   run logged at its last evaluation."""
   from jaxface.evaluation import runner
-  workdir, _ = straight_run
+  workdir, _, _ = straight_run
   out = str(tmp_path / 'ap.json')
   assert runner.main(['--ckpt', workdir, '--json', out, '--out', str(tmp_path / 'preds')]) == 0
   logged = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -193,14 +214,16 @@ def test_evaluate_py_reproduces_the_periodic_ap(straight_run, tmp_path):
     assert ap[s] == pytest.approx(logged[f'val/ap_{s}'], abs=1e-9)
 
 
-def test_pmap_mode_trains_the_same_run(straight_run, compile_cache, tmp_path):
+def test_pmap_mode_trains_the_same_run(straight_run, tmp_path, monkeypatch):
   """`--config.parallel=pmap` goes through the same loop (checkpoints, evaluation, logs) and, on
   one device, starts as the jit run. Only the first window (steps 1-2) is compared tightly: the
   programs differ, and at lr 1e-2 float32 differences grow to ~2% by step 4 (the step itself is
   compared with the jit step in float64 in test_multidevice.py)."""
-  workdir, straight = straight_run
+  workdir, straight, _ = straight_run
   pdir = str(tmp_path / 'pmap')
+  traces = _count_step_traces(monkeypatch)
   state = loop.train(tiny_config(parallel='pmap', **WITH_EVAL), pdir)
+  assert len(traces) == 1  # the replicated initial state is placed as the step's outputs are
   assert int(state.step) == STEPS and checkpoint_io.load_variables(pdir)[1]['step'] == STEPS
   read = lambda d: [json.loads(x) for x in open(os.path.join(d, 'metrics.jsonl'))]
   ours, theirs = read(pdir), read(workdir)
@@ -215,7 +238,7 @@ def test_pmap_mode_trains_the_same_run(straight_run, compile_cache, tmp_path):
 
 def test_evaluate_py_names_a_missing_step(straight_run, capsys):
   from jaxface.evaluation import runner
-  workdir, _ = straight_run
+  workdir, _, _ = straight_run
   assert runner.main(['--ckpt', workdir, '--step', '99']) == 2
   assert 'no checkpoint for step 99' in capsys.readouterr().err
 
@@ -225,7 +248,7 @@ def _shared_memory_segments():
 
 
 @pytest.mark.skipif(not os.path.isdir('/dev/shm'), reason='needs /dev/shm (Linux) to see shared-memory segments')
-def test_loader_workers_leave_no_shared_memory(compile_cache, tmp_path):
+def test_loader_workers_leave_no_shared_memory(tmp_path):
   """A run with loader processes releases their shared-memory batches before it returns (left to
   interpreter exit, the resource tracker would report them as leaked)."""
   before = _shared_memory_segments()
