@@ -50,6 +50,17 @@ def test_step_decay_schedule():
   assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(5e-4) and float(warm(10)) == pytest.approx(1e-3)
 
 
+def test_init_variables_fit_any_input_size():
+  """The init traces one fixed size; the variables are those of the model at any size (here 96 px,
+  and under the caller's own trace)."""
+  model = retinaface('retinaface_mnet')
+  rng = jax.random.PRNGKey(3)
+  want = jax.eval_shape(lambda r: model.init(r, jnp.zeros((2, 96, 96, 3)), train=False), rng)
+  spec = lambda tree: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), tree)
+  assert spec(jax.eval_shape(lambda r: ts.init_variables(model, r), rng)) == spec(want)
+  assert spec(ts.init_variables(model, rng)) == spec(want)  # compiled here, reused by the next test
+
+
 def test_loss_falls_on_a_fixed_batch_with_one_compile(batch):
   model = retinaface('retinaface_mnet')
   tx = ts.sgd(1e-2)

@@ -61,7 +61,10 @@ def init_variables(model: RetinaFace, rng: jax.Array) -> dict[str, Any]:
   variables do not depend on the input size (the network is all convolutions), so the program
   traces one fixed size: one compile per architecture, whatever the training size.
   """
-  return _jitted_init(model)(rng, jnp.zeros((1, 64, 64, 3), jnp.float32))
+  x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+  if isinstance(rng, jax.core.Tracer):  # inside the caller's jit or eval_shape: that program holds it
+    return model.init(rng, x, train=False)
+  return _jitted_init(model)(rng, x)
 
 
 @functools.lru_cache(maxsize=16)
