@@ -56,9 +56,10 @@ def step_decay(base_lr: float, steps_per_epoch: int, decay_epochs: tuple[int, ..
 def init_variables(model: RetinaFace, rng: jax.Array) -> dict[str, Any]:
   """Random `params` and initial `batch_stats`, as one compiled program.
 
-  Run eagerly, flax's init compiles every op of a forward pass on its own (~45 s of compiles for
-  mnet on CPU); jitted, the forward is dead code and the program is the initialisers alone. The
-  variables do not depend on the input size (the network is all convolutions), so the program
+  Run eagerly, flax's init compiles every op of a forward pass on its own (31 s for mnet on a
+  2-core CPU, bench/bench_startup.py; 7 s this way); jitted, the forward is dead code and the
+  program is the initialisers alone. The variables do not depend on the input size (the network
+  is all convolutions), so the program
   traces one fixed size: one compile per architecture, whatever the training size.
   """
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
@@ -70,7 +71,7 @@ def init_variables(model: RetinaFace, rng: jax.Array) -> dict[str, Any]:
 @functools.lru_cache(maxsize=16)
 def _jitted_init(model: RetinaFace):
   # On CPU without LLVM's optimisations: each kernel's threefry draw is a large unrolled function
-  # that takes ~1 s to optimise (24 s for mnet), and runs once (5-8 s unoptimised, same numbers to 1 ulp).
+  # that takes ~1 s to optimise (24 s for mnet), and runs once (same numbers to 1 ulp).
   options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
   return jax.jit(functools.partial(model.init, train=False), compiler_options=options)
 
