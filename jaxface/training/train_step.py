@@ -59,8 +59,8 @@ def init_variables(model: RetinaFace, rng: jax.Array) -> dict[str, Any]:
   Run eagerly, flax's init compiles every op of a forward pass on its own (31 s for mnet on a
   2-core CPU, bench/bench_startup.py; 7 s this way); jitted, the forward is dead code and the
   program is the initialisers alone. The variables do not depend on the input size (the network
-  is all convolutions), so the program
-  traces one fixed size: one compile per architecture, whatever the training size.
+  is all convolutions), so the program traces one fixed size: one compile per architecture,
+  whatever the training size.
   """
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   if isinstance(rng, jax.core.Tracer):  # inside the caller's jit or eval_shape: that program holds it
