@@ -182,6 +182,23 @@ def test_nonfinite_loss_stops_or_skips(tmp_path, monkeypatch):
   assert progress['step'] == 3 and progress['nonfinite_steps'] == 2
 
 
+def test_out_of_device_memory_names_the_batch_to_try(tmp_path, monkeypatch):
+  def exhausted(*args, **kwargs):
+    raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1073741824 bytes.')
+
+  monkeypatch.setattr(loop, 'guarded_step', exhausted)
+  with pytest.raises(MemoryError, match=r'at 4 images per device .*try --config\.batch_size=2 \(2 per device\)') as info:
+    loop.train(tiny_config(), str(tmp_path / 'oom'))
+  assert 'RESOURCE_EXHAUSTED' in str(info.value.__cause__)
+
+  def broken(*args, **kwargs):
+    raise RuntimeError('some other failure')
+
+  monkeypatch.setattr(loop, 'guarded_step', broken)
+  with pytest.raises(RuntimeError, match='some other failure'):  # anything else passes through as it is
+    loop.train(tiny_config(), str(tmp_path / 'other'))
+
+
 def test_missing_wider_root_is_a_clear_error(tmp_path):
   c = tiny_config(**{'data.dataset': 'wider', 'data.wider_root': str(tmp_path / 'nowhere')})
   with pytest.raises(FileNotFoundError, match=r'train/label\.txt'):
