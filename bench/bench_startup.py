@@ -7,7 +7,8 @@ threefry draw takes ~1 s of LLVM time); `init_variables` compiles one program, u
 Each measurement runs in a fresh interpreter (JAX's per-op compile caches live in the process), the
 two ways alternating, and counts import-free seconds: from the model's construction to its variables
 on the host. The eager run traces at 64 px, as `init_variables` does (the eager cost grows with the
-number of ops, not the pixels). The reference builds its torch model in well under a second.
+number of ops, not the pixels). For scale: the torch re-statement builds and initialises mnet in
+0.02 s and R50 in 0.22 s on the same VM (`reference_torch.build_reference`).
 """
 from __future__ import annotations
 
