@@ -37,8 +37,8 @@ import cv2
 import numpy as np
 
 import reference_augment as ref
-from jaxface.data.augment_retinaface import retinaface_augment
-from jaxface.data.augment_scrfd import scrfd_augment
+from jaxface.retinaface.augment import retinaface_augment
+from jaxface.scrfd.augment import scrfd_augment
 from jaxface.data.rng import sample_rng
 from jaxface.data.sample import Sample
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jaxface.models import layers
+from jaxface import layers
 
 # (input side, channels, stride): every depthwise layer of MobileNet-0.25 at 640 px
 LAYERS = [(320, 8, 1), (320, 16, 2), (160, 32, 1), (160, 32, 2), (80, 64, 1), (80, 64, 2), (40, 128, 1),

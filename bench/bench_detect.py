@@ -50,7 +50,7 @@ def main():
   ref_kw = dict(conf_threshold=0.02, nms_threshold=0.4, top_k=5000, keep_top_k=750)
   x_torch = ref.reference_preprocess(img)
   x_dev = jax.device_put(img[None])
-  forward = inference.make_forward_fn(det.model)
+  forward = inference.make_forward_fn(det.family, det.model)
 
   def torch_forward():
     with torch.no_grad():

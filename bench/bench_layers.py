@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface.models.layers import _taps as taps  # the same views the library sums over
+from jaxface.layers import _taps as taps  # the same views the library sums over
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 

@@ -29,8 +29,8 @@ import torch
 
 import test_matching_loss as ref
 from bench_augment import CROWD_FACES
-from jaxface import anchors
-from jaxface.training import matching
+from jaxface.retinaface import anchors
+from jaxface.retinaface import matching
 
 SIZE = 640
 

@@ -25,7 +25,7 @@ import common
 CHILD = r'''
 import json, sys, time
 import jax, jax.numpy as jnp
-from jaxface.models import retinaface
+from jaxface.retinaface import retinaface
 from jaxface.training import train_step as ts
 arch, how = sys.argv[1], sys.argv[2]
 t = time.perf_counter()

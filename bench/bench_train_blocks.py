@@ -33,8 +33,8 @@ import torch
 
 import flax.linen as nn
 import reference_torch as ref
-from jaxface.models.retinaface import SPECS, neck_and_heads
-from jaxface.models.layers import Conv, ConvBN, ConvDW, torch_bn
+from jaxface.retinaface import SPECS, neck_and_heads
+from jaxface.layers import Conv, ConvBN, ConvDW, torch_bn
 
 SLOPE = 0.1
 

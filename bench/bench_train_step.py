@@ -9,7 +9,7 @@ box term weighted 2, landmarks), backward, SGD (lr 1e-3, momentum 0.9, weight de
   * reference: tests/reference_torch.py's model (default torch init, train mode), eager; the
     reference's per-image Python `match` loop (tests/test_matching_loss.py's re-statement) and its
     `MultiBoxLoss.forward` re-stated below with autograd; `torch.optim.SGD`;
-  * jaxface: `train_step.make_train_step(model, sgd(1e-3))`, compiled ahead of time, the state
+  * jaxface: `train_step.make_train_step(model, loss_fn, sgd(1e-3))`, compiled ahead of time, the state
     donated and threaded from call to call.
 Both start from the same weights (the torch init converted by `jaxface.convert`) and take the same
 synthetic batches (`pipeline.batches` over `SyntheticFaces('train')` with `retinaface_augment`),
@@ -51,13 +51,12 @@ import torch.nn.functional as F
 
 import reference_torch as ref
 import test_matching_loss as ref_loss
-from jaxface import anchors
-from jaxface.convert import convert_detector
-from jaxface.data import augment_retinaface, pipeline, synthetic
-from jaxface.models import retinaface
-from jaxface.training import matching
+from jaxface.convert import convert_state_dict as convert_detector
+from jaxface.data import pipeline, synthetic
+from jaxface.retinaface import FAMILY, anchors, matching, retinaface
+from jaxface.retinaface import augment as augment_retinaface
+from jaxface.retinaface.loss import multibox_loss
 from jaxface.training import train_step as ts
-from jaxface.training.multibox_loss import multibox_loss
 
 LR = 1e-3
 MODEL_KEYS = ('image', 'boxes', 'landmarks', 'box_valid', 'landmark_valid', 'ignore')
@@ -303,7 +302,7 @@ def main():
   priors = anchors.prior_boxes(args.size, args.size)
 
   # --- Compile (ahead of time, so tracing and compiling are timed apart from running).
-  step = ts.make_train_step(model, tx)
+  step = ts.make_train_step(model, ts.loss_fn_for(FAMILY, model.spec), tx)
   t0 = time.perf_counter()
   lowered = step.lower(state, batches[0])
   t1 = time.perf_counter()

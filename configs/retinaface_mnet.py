@@ -33,7 +33,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.momentum = 0.9
   c.weight_decay = 5e-4
-  c.loc_weight = 2.0
+  c.loss = ml_collections.ConfigDict()
+  c.loss.loc_weight = 2.0          # the box term's weight (cfg['loc_weight'])
   c.pretrained_backbone = os.environ.get('JAXFACE_MNET_BACKBONE', 'weights/mobilenetV1X0.25_pretrain.tar')
   c.parallel = 'jit'               # 'jit' (sharded over a device mesh) or 'pmap'
 
@@ -44,7 +45,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.data.max_faces = 256           # GT slots per image; more faces in a crop are dropped and counted
   c.data.min_face = 0.0            # px after resizing; 0 keeps every face (the reference)
   c.data.num_workers = 8           # loader processes per host
-  c.data.val_test_scale = 'original'
+  c.data.val_test_scale = ''       # WIDER val protocol; '' is the family's ('original' for RetinaFace)
   c.data.synthetic_train_images = 20_000
   c.data.synthetic_seed = 0
   c.data.synthetic_max_faces = 32
@@ -57,7 +58,6 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.checkpoint_keep = 3
   c.eval_every_steps = 4030        # 10 epochs of 403 steps; 0: never
   c.skip_nonfinite = False         # False: a NaN/inf loss stops the run; True: skip that update and count it
-  c.crash_after_step = 0           # fault injection for tests: SIGKILL the run after this step
 
   if variant == 'demo':
     c.pretrained_backbone = ''

@@ -21,7 +21,7 @@ import cv2
 
 from jaxface.detector import Detections, load_detector
 from jaxface.images import ImageReadError, read_image
-from jaxface.models import SPECS
+from jaxface.families import ARCHS
 from jaxface.visualize import draw_detections
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--weights', required=True,
                       help='PyTorch checkpoint (.pth/.tar; needs --arch) or a converted checkpoint directory')
-  parser.add_argument('--arch', help=f'one of: {", ".join(sorted(SPECS))} (optional for a converted directory)')
+  parser.add_argument('--arch', help=f'one of: {", ".join(ARCHS)} (optional for a converted directory)')
   parser.add_argument('--conf', type=_fraction('--conf', low_open=False), default=0.5,
                       help='keep faces scoring above this (default: %(default)s)')
   parser.add_argument('--nms', type=_fraction('--nms', low_open=True), default=None,
@@ -167,15 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
-  if args.arch is not None and args.arch not in SPECS:
-    parser.error(f'unknown --arch {args.arch!r}; valid: {", ".join(sorted(SPECS))}')
+  if args.arch is not None and args.arch not in ARCHS:
+    parser.error(f'unknown --arch {args.arch!r}; valid: {", ".join(ARCHS)}')
   if args.batch_size < 1:
     parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
   if not os.path.exists(args.weights):
     print(f'error: no such checkpoint file or directory: {args.weights}', file=sys.stderr)
     return 1
   if not os.path.isdir(args.weights) and args.arch is None:
-    parser.error(f'{args.weights} is a PyTorch file: pass --arch (one of {", ".join(sorted(SPECS))})')
+    parser.error(f'{args.weights} is a PyTorch file: pass --arch (one of {", ".join(ARCHS)})')
 
   paths, errors = find_images(args.inputs)
   for message in errors:

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface import checkpoint_io, convert, inference
+from jaxface import families, inference, saved_models
+from jaxface.family import Family
 from jaxface.images import as_bgr_uint8
-from jaxface.models import SPECS, retinaface
 
 
 @dataclasses.dataclass
@@ -19,17 +19,18 @@ class Detections:
   """One image's faces, sorted by descending score, in input pixels."""
   boxes: np.ndarray      # [N, 4] x1 y1 x2 y2
   scores: np.ndarray     # [N]
-  landmarks: np.ndarray  # [N, 5, 2] left eye, right eye, nose, left / right mouth corner (image left)
+  landmarks: np.ndarray  # [N, K, 2] the family's keypoints (`Detector.family.keypoints.names`)
 
   def __len__(self) -> int:
     return len(self.scores)
 
 
 class Detector:
-  """A RetinaFace with its weights and compiled programs.
+  """A detector of any family with its weights and compiled programs.
 
   Args:
-    arch: one of `jaxface.models.SPECS`.
+    family: the architecture's family (`jaxface.families.family_of(arch)`).
+    arch: one of `family.specs`.
     variables: `{'params', 'batch_stats'}`.
     bucketed: False (default) runs each image at its exact size, compiling once per size
       (results equal the reference); True pads each side up to `inference.BUCKETS` so mixed
@@ -37,15 +38,17 @@ class Detector:
     batch_size: images per compiled call in `detect_batch` (the last batch is padded).
   """
 
-  def __init__(self, arch: str, variables: Any, *, bucketed: bool = False, batch_size: int = 8,
+  def __init__(self, family: Family, arch: str, variables: Any, *, bucketed: bool = False, batch_size: int = 8,
                postprocess: inference.PostprocessConfig = inference.PostprocessConfig()):
+    self.family = family
     self.arch = arch
-    self.model = retinaface(arch)
+    self.spec = family.spec(arch)
+    self.model = family.build(self.spec)
     self.variables = jax.tree_util.tree_map(jnp.asarray, variables)
     self.bucketed = bucketed
     self.batch_size = batch_size
-    self._detect = inference.make_detect_fn(self.model, postprocess)
-    self._forward = inference.make_forward_fn(self.model)
+    self._detect = inference.make_detect_fn(family, self.model, self.spec, postprocess)
+    self._forward = inference.make_forward_fn(family, self.model)
 
   @property
   def compiled_shapes(self) -> list[tuple[int, int, int, int]]:
@@ -64,7 +67,7 @@ class Detector:
   def detect_batch(self, images: Sequence[np.ndarray], conf_threshold: float = 0.02,
                    nms_threshold: float | None = None) -> list[Detections]:
     """`detect` for many images: same-size (or same-bucket) images share compiled batches."""
-    nms_threshold = self.model.spec.nms_threshold if nms_threshold is None else nms_threshold
+    nms_threshold = self.family.nms_threshold if nms_threshold is None else nms_threshold
     images = [as_bgr_uint8(im, f'image {i}') for i, im in enumerate(images)]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
@@ -84,19 +87,19 @@ class Detector:
         else:
           batch = np.zeros((b, h, w, 3), np.uint8)
           for j, i in enumerate(chunk):
-            batch[j] = images[i] if images[i].shape[:2] == (h, w) else inference.pad_to(images[i], h, w)
+            batch[j] = (images[i] if images[i].shape[:2] == (h, w)
+                        else inference.pad_to(images[i], h, w, self.family.pad_bgr))
         out = jax.device_get(self._detect(self.variables, batch, sizes, conf, nms))
         for j, i in enumerate(chunk):
           v = out['valid'][j]
           results[i] = Detections(out['boxes'][j][v], out['scores'][j][v], out['landmarks'][j][v])
     return results
 
-  def raw_outputs(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The heads for the whole image at its exact size, in the reference's prior order:
-    `(bbox deltas [A,4], class logits [A,2], landmark deltas [A,10])`."""
+  def raw_outputs(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The heads for the whole image at its exact size, in the reference's anchor order (RetinaFace:
+    `(bbox deltas [A,4], class logits [A,2], landmark deltas [A,10])`)."""
     image = as_bgr_uint8(image)
-    bbox, logits, landmarks = jax.device_get(self._forward(self.variables, image[None]))
-    return bbox[0], logits[0], landmarks[0]
+    return tuple(o[0] for o in jax.device_get(self._forward(self.variables, image[None])))
 
 
 def load_detector(path: str, arch: str | None = None, *, step: int | None = None, **kwargs) -> Detector:
@@ -105,18 +108,19 @@ def load_detector(path: str, arch: str | None = None, *, step: int | None = None
 
   Keyword arguments go to `Detector` (`bucketed`, `batch_size`, `postprocess`).
   """
-  if arch is not None and arch not in SPECS:
-    raise ValueError(f'unknown arch {arch!r}; valid: {", ".join(sorted(SPECS))}')
+  if arch is not None:
+    families.family_of(arch)  # an unknown name lists the valid ones
   if os.path.isdir(path):
-    variables, meta = checkpoint_io.load_variables(path, step)
+    variables, meta = saved_models.load_variables(path, step)
     if arch is not None and arch != meta['arch']:
       raise ValueError(f'{path} holds a {meta["arch"]} checkpoint, not {arch}')
-    if meta['arch'] not in SPECS:
+    if meta['arch'] not in families.ARCHS:
       raise ValueError(f'{path} holds a {meta["arch"]} checkpoint, which is not a detector; '
-                       f'valid: {", ".join(sorted(SPECS))}')
-    return Detector(meta['arch'], variables, **kwargs)
+                       f'valid: {", ".join(families.ARCHS)}')
+    return Detector(families.family_of(meta['arch']), meta['arch'], variables, **kwargs)
   if not os.path.exists(path):
     raise FileNotFoundError(f'no such checkpoint file or directory: {path}')
   if arch is None:
-    raise ValueError(f'{path} is a PyTorch file: pass arch= (one of {", ".join(sorted(SPECS))})')
-  return Detector(arch, convert.convert_file(path, arch), **kwargs)
+    raise ValueError(f'{path} is a PyTorch file: pass arch= (one of {", ".join(families.ARCHS)})')
+  from jaxface.convert import convert_file
+  return Detector(families.family_of(arch), arch, convert_file(path, arch), **kwargs)

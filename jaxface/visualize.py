@@ -1,11 +1,13 @@
 """Drawing detections the way the reference `detect.py` does, so pictures compare side by side.
 
-Boxes in red, 2 px; the score in white at the box's top-left corner; the five landmarks as
-filled dots in red, yellow, magenta, green, blue (left eye, right eye, nose, left and right
-mouth corner). Coordinates are truncated to ints as in the reference.
+Boxes in red, 2 px; the score in white at the box's top-left corner; the keypoints as filled
+dots, the five of RetinaFace/SCRFD in the reference's red, yellow, magenta, green, blue (left eye,
+right eye, nose, left and right mouth corner); a sixth (BlazeFace's ears) in orange, and the
+colours repeat beyond. Coordinates are truncated to ints as in the reference.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import cv2
@@ -15,8 +17,8 @@ from jaxface.images import as_bgr_uint8
 
 BOX_COLOR = (0, 0, 255)        # BGR red
 TEXT_COLOR = (255, 255, 255)   # white
-# BGR, in the order of `Detections.landmarks`: red, yellow, magenta, green, blue.
-LANDMARK_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))
+# BGR, in the order of `Detections.landmarks`: red, yellow, magenta, green, blue, orange.
+LANDMARK_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0), (0, 128, 255))
 
 
 def draw_detections(image_bgr: np.ndarray, detections, *, min_score: float = 0.0, thickness: int = 2,
@@ -27,7 +29,7 @@ def draw_detections(image_bgr: np.ndarray, detections, *, min_score: float = 0.0
   Args:
     image_bgr: anything `as_bgr_uint8` accepts (gray, BGR, BGRA, uint8/uint16).
     detections: a `jaxface.Detections` (or any object with `boxes [N,4]`, `scores [N]`,
-      `landmarks [N,5,2]`), in the image's pixels.
+      `landmarks [N,K,2]`), in the image's pixels.
     min_score: faces scoring below it are not drawn (the reference draws above `vis_thres`).
   """
   canvas = as_bgr_uint8(image_bgr).copy()
@@ -42,7 +44,8 @@ def draw_detections(image_bgr: np.ndarray, detections, *, min_score: float = 0.0
     cv2.rectangle(canvas, (x1, y1), (x2, y2), box_color, thickness)
     if show_scores:
       cv2.putText(canvas, f'{scores[i]:.4f}', (x1, y1 + 12), cv2.FONT_HERSHEY_DUPLEX, 0.5, TEXT_COLOR)
-    for (x, y), color in zip(landmarks[i].reshape(-1, 2), landmark_colors):
+    points = landmarks[i].reshape(-1, 2)
+    for (x, y), color in zip(points, itertools.islice(itertools.cycle(landmark_colors), len(points))):
       if np.isfinite(x) and np.isfinite(y):
         cv2.circle(canvas, (int(x), int(y)), 1, color, 4)
   return canvas

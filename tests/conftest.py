@@ -27,6 +27,14 @@ def shared_file(*parts: str) -> Path:
 
 
 @pytest.fixture(scope='session', autouse=True)
+def absl_flags_parsed():
+  """Grain's loader workers read absl flags; train.py parses them, tests have none to parse."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope='session', autouse=True)
 def compile_cache(tmp_path_factory):
   """One persistent compilation cache for the whole session, subprocesses included (through the
   environment): a program that several tests build (a model's init, a detector at one size, the

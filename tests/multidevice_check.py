@@ -46,9 +46,9 @@ def main() -> int:
   to_mesh = lambda b: parallel.global_batch(b, mesh)
   # name: (function, initial state, batch placement)
   jobs = {
-      'single': (ts.make_train_step(tp.model(), tx), device0(state0), lambda b: b),
-      'sharded': (ts.make_sharded_train_step(tp.model(), tx, mesh), parallel.replicate(state0, mesh), to_mesh),
-      'pmap': (ts.make_pmap_train_step(tp.model(bn_axis_name='batch'), tx), parallel.pmap_replicate(state0, 'batch'),
+      'single': (ts.make_train_step(tp.model(), tp.loss_fn(), tx), device0(state0), lambda b: b),
+      'sharded': (ts.make_sharded_train_step(tp.model(), tp.loss_fn(), tx, mesh), parallel.replicate(state0, mesh), to_mesh),
+      'pmap': (ts.make_pmap_train_step(tp.model(bn_axis_name="batch"), tp.loss_fn(), tx), parallel.pmap_replicate(state0, 'batch'),
                parallel.pmap_batch),
   }
   v32 = jax.tree_util.tree_map(lambda x: x.astype(np.float32), {'params': state0.params,

@@ -58,16 +58,16 @@ def main() -> int:
   if args.loop:
     from jaxface.training import loop
     from test_train_loop import tiny_config
-    _float64_loop(loop)
+    family = _float64_loop(loop)
     t = time.perf_counter()
     # At most 2 faces per image: the loader drops some, and the logged drop counts are checked.
-    loop.train(tiny_config(learning_rate=LOOP_LR, **{'data.max_faces': 2}), args.loop)
+    loop.train(tiny_config(learning_rate=LOOP_LR, **{'data.max_faces': 2}), args.loop, family=family)
     print(f'{me}: loop.train finished in {time.perf_counter() - t:.1f} s', flush=True)
     return 0
 
   t = time.perf_counter()
   batches = tp.host_batches(jax.process_index(), jax.process_count())
-  step = ts.make_sharded_train_step(tp.model(), tp.optimizer(), mesh)
+  step = ts.make_sharded_train_step(tp.model(), tp.loss_fn(), tp.optimizer(), mesh)
   state = parallel.replicate(tp.initial_state(), mesh)
   metrics = []
   for b in batches:
@@ -80,16 +80,18 @@ def main() -> int:
   return 0
 
 
-def _float64_loop(loop) -> None:
-  """`loop.train` with a float64 model and float64 initial variables (hence float64 gradients,
-  optimizer state and checkpoints); the data and the matching stay float32."""
+def _float64_loop(loop):
+  """The family to pass to `loop.train` for a float64 model, with float64 initial variables (hence
+  float64 gradients, optimizer state and checkpoints); the data and the matching stay float32."""
+  import dataclasses
   import functools
   import jax
   import numpy as np
-  loop.retinaface = functools.partial(loop.retinaface, dtype=np.float64)
+  from jaxface.retinaface import FAMILY
   initial_variables = loop.initial_variables
   loop.initial_variables = lambda *args, **kwargs: jax.tree_util.tree_map(
       lambda x: np.asarray(x, np.float64), initial_variables(*args, **kwargs))
+  return dataclasses.replace(FAMILY, build=functools.partial(FAMILY.build, dtype=np.float64))
 
 
 if __name__ == '__main__':

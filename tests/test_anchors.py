@@ -1,7 +1,7 @@
-"""RetinaFace prior tables (jaxface.anchors) against REFERENCE.md section 1.3 and the torch re-statement.
+"""RetinaFace prior tables (jaxface.retinaface.anchors) against REFERENCE.md section 1.3 and the torch re-statement.
 
 Priors are `(cx, cy, w, h)` normalised by (W, H), ordered level / row / column / min_size; a padded
-input masks the priors its unpadded size would not have with `valid_priors`.
+input masks the priors its unpadded size would not have with `inference.cells_inside`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxface import anchors, inference
+from jaxface import inference
+from jaxface.retinaface import FAMILY, anchors
 
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 STEPS = (8, 16, 32)
@@ -143,7 +144,7 @@ PADDED = [((302, 450), (384, 512)), ((600, 800), (640, 1024)), ((129, 128), (256
 def test_valid_priors_select_the_unpadded_grid(ref, orig, padded):
   (h, w), (ph, pw) = orig, padded
   priors_p, cells_p = anchors.prior_grid(ph, pw)
-  mask = anchors.valid_priors(cells_p, h, w)
+  mask = inference.cells_inside(cells_p, h, w)
   assert mask.dtype == bool and mask.shape == (len(priors_p),)
   assert int(mask.sum()) == _count(h, w)
   # Same cells in the same order as the unpadded table.
@@ -160,23 +161,23 @@ def test_valid_priors_under_jit_with_traced_size():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def mask_fn(h, w):
-    return anchors.valid_priors(cells_j, h, w)
+    return inference.cells_inside(cells_j, h, w)
 
   for h, w in [(302, 450), (384, 512), (1, 1), (257, 300)]:
     got = mask_fn(jnp.int32(h), jnp.int32(w))
-    want = anchors.valid_priors(cells, h, w)
+    want = inference.cells_inside(cells, h, w)
     np.testing.assert_array_equal(np.asarray(got), want)
     assert int(want.sum()) == _count(h, w)
 
   # vmapped over a batch of sizes, as make_detect_fn does.
   sizes = jnp.asarray([[302, 450], [384, 512]], jnp.int32)
-  batch = jax.jit(jax.vmap(lambda s: anchors.valid_priors(cells_j, s[0], s[1])))(sizes)
+  batch = jax.jit(jax.vmap(lambda s: inference.cells_inside(cells_j, s[0], s[1])))(sizes)
   assert batch.shape == (2, len(cells))
   assert [int(x) for x in batch.sum(axis=1)] == [_count(302, 450), _count(384, 512)]
 
 
 # ------------------------------------------------------------------------------------------------
-# Padding to buckets (jaxface.inference): what makes `valid_priors` necessary.
+# Padding to buckets (jaxface.inference): what makes `cells_inside` necessary.
 # ------------------------------------------------------------------------------------------------
 
 
@@ -207,15 +208,15 @@ def test_bucket_size_properties():
 
 def test_pad_to_fills_with_bgr_mean_top_left():
   image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-  out = inference.pad_to(image, 8, 16)
+  out = inference.pad_to(image, 8, 16, FAMILY.pad_bgr)
   assert out.shape == (8, 16, 3) and out.dtype == np.uint8
   np.testing.assert_array_equal(out[:5, :7], image)
   pad = np.concatenate([out[5:].reshape(-1, 3), out[:5, 7:].reshape(-1, 3)])
   assert len(pad) == 8 * 16 - 5 * 7
   np.testing.assert_array_equal(pad, np.broadcast_to(np.asarray([104, 117, 123], np.uint8), pad.shape))
   # Padding is zero after mean subtraction, as the reference's zero conv padding sees it.
-  np.testing.assert_array_equal(np.asarray(inference.preprocess(out[None]))[0, 5:], 0.0)
+  np.testing.assert_array_equal(np.asarray(FAMILY.preprocess(out[None]))[0, 5:], 0.0)
   # No padding: the image itself (a copy).
-  same = inference.pad_to(image, 5, 7)
+  same = inference.pad_to(image, 5, 7, FAMILY.pad_bgr)
   np.testing.assert_array_equal(same, image)
   assert same is not image

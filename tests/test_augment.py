@@ -1,4 +1,4 @@
-"""Training augmentation (jaxface.data.augment_retinaface / augment_scrfd), REFERENCE.md sections 1.6 and 2.8.
+"""Training augmentation (jaxface.retinaface.augment / jaxface.scrfd.augment), REFERENCE.md sections 1.6 and 2.8.
 
 Three kinds of checks:
   * against the reference re-statements in tests/reference_augment.py, fed scripted draws that
@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 
 import reference_augment as ref
-from jaxface.data import augment_retinaface as ar
-from jaxface.data import augment_scrfd as asc
+from jaxface.data import transforms
+from jaxface.keypoints import FIVE_POINTS
+from jaxface.retinaface import augment as ar
+from jaxface.scrfd import augment as asc
 from jaxface.data.rng import sample_rng
 from jaxface.data.sample import Sample
 
@@ -249,13 +251,13 @@ def test_mirror_faces_twice_is_identity_and_swaps_sides():
   rng = np.random.default_rng(1)
   boxes = random_faces(rng, 100, 200, 7)
   points = rng.uniform(0, 200, (7, 5, 2))
-  b1, p1 = ar.mirror_faces(boxes, points, 200)
+  b1, p1 = transforms.mirror_faces(boxes, points, 200, FIVE_POINTS.flip_order)
   # x' = W - x, x1 and x2 trade places, eyes 0 <-> 1 and mouth corners 3 <-> 4 trade places.
   np.testing.assert_allclose(b1, np.stack([200 - boxes[:, 2], boxes[:, 1], 200 - boxes[:, 0], boxes[:, 3]], 1))
   for k, src in enumerate([1, 0, 2, 4, 3]):
     np.testing.assert_allclose(p1[:, k, 0], 200 - points[:, src, 0])
     np.testing.assert_allclose(p1[:, k, 1], points[:, src, 1])
-  b2, p2 = ar.mirror_faces(b1, p1, 200)
+  b2, p2 = transforms.mirror_faces(b1, p1, 200, FIVE_POINTS.flip_order)
   np.testing.assert_allclose(b2, boxes, atol=1e-12)
   np.testing.assert_allclose(p2, points, atol=1e-12)
 
@@ -313,7 +315,7 @@ def test_landmarks_stay_on_their_pixels(fallback):
     plan = dataclasses.replace(plan, photometric=None, interpolation=cv2.INTER_NEAREST)
     out = ar.apply_retinaface_plan(img, sample, plan, image_size=size)
     pixels = (out.image + MEAN).astype(np.uint8)
-    colours = PALETTE[ar.MIRROR_ORDER] if plan.mirror else PALETTE
+    colours = PALETTE[list(FIVE_POINTS.flip_order)] if plan.mirror else PALETTE
     for face in range(len(out.boxes)):
       for k in range(5):
         x, y = out.landmarks[face, k]
@@ -552,7 +554,7 @@ def test_scrfd_landmarks_stay_on_their_pixels():
     plan = asc.draw_scrfd_plan(sample, (h, w), sample_rng(seed, 0, 0), image_size=size)
     out = asc.apply_scrfd_plan(img, sample, dataclasses.replace(plan, photometric=None), image_size=size)
     pixels = np.round(out.image * 128 + 127.5)[..., ::-1].astype(np.uint8)
-    colours = PALETTE[ar.MIRROR_ORDER] if plan.flip else PALETTE
+    colours = PALETTE[list(FIVE_POINTS.flip_order)] if plan.flip else PALETTE
     for face in range(len(out.boxes)):
       for k in range(5):
         x, y = out.landmarks[face, k]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxface import anchors, box_coding
+from jaxface.retinaface import anchors, box_coding
 
 # Jitted once per shape: far fewer compilations than op-by-op dispatch (the suite runs on 2 cores).
 center_form = jax.jit(box_coding.center_form)

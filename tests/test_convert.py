@@ -26,11 +26,11 @@ torch = pytest.importorskip('torch')
 import reference_torch as ref  # noqa: E402
 from conftest import REPO_ROOT, shared_file  # noqa: E402
 
-from jaxface import checkpoint_io, convert, load_detector  # noqa: E402
+from jaxface import saved_models, convert, load_detector  # noqa: E402
 from jaxface.convert import CheckpointMismatch, convert_file  # noqa: E402
-from jaxface.models import SPECS, retinaface  # noqa: E402
-from jaxface.models.layers import torch_bn  # noqa: E402
-from jaxface.models.mobilenet import MobileNetV1  # noqa: E402
+from jaxface.retinaface import SPECS, retinaface  # noqa: E402
+from jaxface.layers import torch_bn  # noqa: E402
+from jaxface.retinaface.mobilenet import MobileNetV1  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -273,7 +273,7 @@ def test_key_styles_all_accepted(keyed_files):
       'no num_batches_tracked': {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')},
   }
   for name, sd in variants.items():
-    assert_leaves_equal(convert.convert_detector(sd, 'retinaface_mnet'), want)
+    assert_leaves_equal(convert.convert_state_dict(sd, 'retinaface_mnet'), want)
 
 
 def test_converted_mnet_serves_every_mobilenet_arch(keyed_files):
@@ -361,7 +361,7 @@ def test_single_misshaped_tensor(mnet_state, tmp_path, key, bad_shape, line):
 def test_wrong_rank_conv_weight_is_reported_as_misshaped(mnet_state):
   state = dict(mnet_state)
   state['body.stage1.0.0.weight'] = torch.zeros(8, 27)  # a flattened (8, 3, 3, 3) conv
-  message, sections = mismatch_of(convert.convert_detector, state, 'retinaface_mnet')
+  message, sections = mismatch_of(convert.convert_state_dict, state, 'retinaface_mnet')
   assert sections == {'mis-shaped': (1, ['body.stage1.0.0.weight: file (8, 27), expected (8, 3, 3, 3)'])}
 
 
@@ -385,7 +385,7 @@ def test_all_problems_reported_together_and_nothing_returned(mnet_state):
   state['BboxHead.1.conv1x1.weight'] = torch.zeros(8, 64, 3, 3)
   result = 'not set'
   with pytest.raises(CheckpointMismatch) as info:
-    result = convert.convert_detector(state, 'retinaface_mnet')
+    result = convert.convert_state_dict(state, 'retinaface_mnet')
   assert result == 'not set'
   assert mismatch_sections(str(info.value)) == {
       'missing': (1, ['ssh1.conv3X3.1.running_mean']),
@@ -508,7 +508,7 @@ def test_cli_converts_and_detector_loads_without_arch(cli):
   rc, out, err, outdir, src = cli['ok']
   assert rc == 0, err
   assert 'retinaface_mnet_relu' in out
-  meta = json.loads((outdir / checkpoint_io.META_FILE).read_text())
+  meta = json.loads((outdir / saved_models.META_FILE).read_text())
   assert meta['arch'] == 'retinaface_mnet_relu'
   assert meta['source'] == str(src)
   det = load_detector(str(outdir))
@@ -524,7 +524,7 @@ def test_cli_converts_and_detector_loads_without_arch(cli):
 def test_cli_directory_equals_convert_file(cli):
   rc, _, err, outdir, src = cli['ok']
   assert rc == 0, err
-  loaded, meta = checkpoint_io.load_variables(str(outdir))
+  loaded, meta = saved_models.load_variables(str(outdir))
   assert meta['arch'] == 'retinaface_mnet_relu'
   direct = convert_file(str(src), 'retinaface_mnet_relu')
   assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(direct)
@@ -597,7 +597,7 @@ def test_cli_converts_a_backbone(capsys, tmp_path, pretrain):
   path, _, variables = pretrain
   rc = convert.main(['--arch', 'mobilenet0.25', '--src', path, '--out', str(tmp_path / 'bb')])
   assert rc == 0
-  loaded, meta = checkpoint_io.load_variables(str(tmp_path / 'bb'))
+  loaded, meta = saved_models.load_variables(str(tmp_path / 'bb'))
   assert meta == {'arch': 'mobilenet0.25', 'source': path}
   assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(variables)
   want = flax.traverse_util.flatten_dict(variables)
@@ -633,7 +633,7 @@ def test_load_detector_directory_without_meta(tmp_path):
   with pytest.raises(FileNotFoundError) as info:
     load_detector(str(empty))
   assert str(empty) in str(info.value)
-  assert checkpoint_io.META_FILE in str(info.value)
+  assert saved_models.META_FILE in str(info.value)
 
 
 def test_load_detector_missing_path(tmp_path):
@@ -653,7 +653,7 @@ def test_load_detector_arch_must_match_directory(cli):
 def test_load_detector_rejects_a_backbone_directory(pretrain, tmp_path):
   path, _, variables = pretrain
   d = tmp_path / 'backbone'
-  checkpoint_io.save_variables(str(d), variables, {'arch': 'mobilenet0.25', 'source': path})
+  saved_models.save_variables(str(d), variables, {'arch': 'mobilenet0.25', 'source': path})
   with pytest.raises(ValueError, match='not a detector') as info:
     load_detector(str(d))
   for name in DETECTORS:

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO_ROOT, shared_file
 from jaxface import Detections, detect
-from jaxface.models import SPECS
+from jaxface.retinaface import SPECS
 from jaxface.visualize import BOX_COLOR, LANDMARK_COLORS, draw_detections
 
 ARCH = 'retinaface_mnet_relu'

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT, shared_file
 from jaxface.data import synthetic
 from jaxface.evaluation import load_wider_mat_ground_truth, write_predictions
-from jaxface.evaluation import runner
+from jaxface.evaluation import cli, run
 
 
 @pytest.mark.parametrize('hw, scale, want', [
@@ -24,17 +24,17 @@ from jaxface.evaluation import runner
     ((1024, 300), 'vga', 640 / 1024),
 ])
 def test_test_scale_factor(hw, scale, want):
-  assert runner.test_scale_factor(*hw, scale) == pytest.approx(want, rel=1e-12)
+  assert run.test_scale_factor(*hw, scale) == pytest.approx(want, rel=1e-12)
 
 
 def test_vga_letterbox_pads_with_the_mean():
   img = np.full((300, 500, 3), 7, np.uint8)
-  out, s = runner.prepare(img, 'vga')
+  out, s = run.prepare(img, 'vga', (104, 117, 123))
   assert out.shape == (640, 640, 3) and s == 640 / 500
   assert (out[:384, :640] == 7).all()  # int(300 * 1.28 + 0.5) = 384 rows of image
   np.testing.assert_array_equal(out[384:, 0], np.tile([104, 117, 123], (256, 1)))
   with pytest.raises(ValueError, match='valid: original, mxnet, vga'):
-    runner.test_scale_factor(10, 10, 'huge')
+    run.test_scale_factor(10, 10, 'huge')
 
 
 def _perfect_predictions(gt, out):
@@ -46,7 +46,7 @@ def _perfect_predictions(gt, out):
 def test_preds_folder_on_synthetic_gt(tmp_path, capsys):
   gt = synthetic.val_ground_truth(12, seed=3)
   _perfect_predictions(gt, tmp_path / 'p')
-  rc = runner.main(['--preds', str(tmp_path / 'p'), '--dataset', 'synthetic', '--synthetic-images', '12',
+  rc = cli.main(['--preds', str(tmp_path / 'p'), '--dataset', 'synthetic', '--synthetic-images', '12',
                     '--synthetic-seed', '3', '--json', str(tmp_path / 'r.json')])
   assert rc == 0
   record = json.loads((tmp_path / 'r.json').read_text())
@@ -62,7 +62,7 @@ def test_preds_folder_on_real_gt_subset(tmp_path):
   _perfect_predictions(gt, tmp_path / 'p')
   os.remove(next((tmp_path / 'p' / '0--Parade').iterdir()))  # one image without predictions
   for protocol in ('official', 'python'):
-    assert runner.main(['--preds', str(tmp_path / 'p'), '--gt', str(gt_dir), '--events', '0--Parade',
+    assert cli.main(['--preds', str(tmp_path / 'p'), '--gt', str(gt_dir), '--events', '0--Parade',
                         '--protocol', protocol, '--json', str(tmp_path / f'{protocol}.json')]) == 0
     record = json.loads((tmp_path / f'{protocol}.json').read_text())
     assert record['protocol'] == protocol and record['warnings'] == (1 if protocol == 'official' else 1)
@@ -70,7 +70,7 @@ def test_preds_folder_on_real_gt_subset(tmp_path):
 
 
 def test_missing_wider_data_is_a_clear_error(tmp_path, capsys):
-  assert runner.main(['--preds', str(tmp_path)]) == 2
+  assert cli.main(['--preds', str(tmp_path)]) == 2
   assert '--gt' in capsys.readouterr().err
 
 
@@ -78,8 +78,8 @@ def test_missing_wider_data_is_a_clear_error(tmp_path, capsys):
 def ckpt(tmp_path_factory):
   weights = shared_file('data', 'weights', 'retinaface_mnet025_relu_2019.pth')
   out = tmp_path_factory.mktemp('ckpt') / 'mnet'
-  from jaxface import checkpoint_io, convert
-  checkpoint_io.save_variables(str(out), convert.convert_file(str(weights), 'retinaface_mnet_relu'),
+  from jaxface import saved_models, convert
+  saved_models.save_variables(str(out), convert.convert_file(str(weights), 'retinaface_mnet_relu'),
                                {'arch': 'retinaface_mnet_relu', 'dataset': {'name': 'synthetic', 'val_images': 3,
                                                                            'val_seed': 5}})
   return out
@@ -87,7 +87,7 @@ def ckpt(tmp_path_factory):
 
 def test_ckpt_on_the_synthetic_val_set(ckpt, tmp_path):
   """The whole loop: the checkpoint's own val set (from its metadata), predictions, AP, plot."""
-  rc = runner.main(['--ckpt', str(ckpt), '--test-scale', 'vga', '--json', str(tmp_path / 'r.json'),
+  rc = cli.main(['--ckpt', str(ckpt), '--test-scale', 'vga', '--json', str(tmp_path / 'r.json'),
                     '--out', str(tmp_path / 'preds')])
   assert rc == 0
   record = json.loads((tmp_path / 'r.json').read_text())
@@ -122,8 +122,8 @@ def test_synthetic_val_loader_gives_each_file_its_own_image():
   """The ground truth groups images by event, so a file's position is not its image index: the
   loader must return the image the file's boxes were drawn on."""
   from jaxface.data import synthetic
-  from jaxface.evaluation import runner
-  gt, load = runner.synthetic_val(12, seed=3, image_size=(64, 80))
+  from jaxface.evaluation import cli, run
+  gt, load = run.synthetic_val(12, seed=3, image_size=(64, 80))
   faces = synthetic.SyntheticFaces('val', 12, seed=3, image_size=(64, 80))
   keys = [(e, n) for e, names in zip(gt.events, gt.files) for n in names]
   assert len(gt.events) > 1 and [n for _, n in keys] != [f'synthetic_{i}' for i in range(12)]

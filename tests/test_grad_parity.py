@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import reference_torch as ref
-from jaxface.convert import convert_detector
-from jaxface.models import retinaface
+from jaxface.convert import convert_state_dict as convert_detector
+from jaxface.retinaface import retinaface
 
 SHAPE = (2, 96, 128)  # batch, height, width: small, and not square
 

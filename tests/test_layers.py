@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxface.models import layers
+from jaxface import layers
 
 # (kernel, in channels, out channels): the stem (fused mul-adds), a 1x1 over <= 8 channels
 # (fused mul-adds), a 1x1 over more (matrix product), 3x3s over more (library conv; kernel

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxface import anchors
-from jaxface.training import matching
-from jaxface.training.multibox_loss import loss_from_targets, multibox_loss, top_ranked
+from jaxface.retinaface import anchors
+from jaxface.retinaface import matching
+from jaxface.retinaface.loss import loss_from_targets, multibox_loss, top_ranked
 
 torch = pytest.importorskip('torch')
 

@@ -24,7 +24,7 @@ import pytest
 
 import train_parity as tp
 from conftest import REPO_ROOT
-from jaxface.training import checkpoints
+from jaxface import saved_models
 from test_train_loop import STEPS
 
 WORKER = REPO_ROOT / 'tests' / 'multiprocess_worker.py'
@@ -102,8 +102,8 @@ def test_two_process_training_loop_matches_one(tmp_path):
   def args(name):
     return ['--loop', str(tmp_path / ('one' if name == 'reference' else 'two'))]
   _run_workers(tmp_path, 4, args)
-  one, one_step = checkpoints.latest_variables(str(tmp_path / 'one'))
-  two, two_step = checkpoints.latest_variables(str(tmp_path / 'two'))
+  one, one_step = saved_models.latest_variables(str(tmp_path / 'one'))
+  two, two_step = saved_models.latest_variables(str(tmp_path / 'two'))
   assert one_step == two_step == STEPS
   ref, got = ({f'{group}{jax.tree_util.keystr(path)}': np.asarray(leaf) for group in ('params', 'batch_stats')
                for path, leaf in jax.tree_util.tree_leaves_with_path(tree[group])} for tree in (one, two))

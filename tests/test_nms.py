@@ -1,4 +1,5 @@
-"""Static-shape greedy NMS (jaxface.nms) and per-image post-processing (jaxface.inference.postprocess_one).
+"""Static-shape greedy NMS (jaxface.nms) and per-image post-processing (jaxface.inference.postprocess
+with RetinaFace's scores and decode against hand-made priors).
 
 NMS is checked against the reference's `py_cpu_nms` (torch re-statement, REFERENCE.md section 1.8) on
 seeded random clustered boxes, and on hand examples for the +1 convention, ties with the threshold,
@@ -17,6 +18,21 @@ import pytest
 
 from jaxface import inference
 from jaxface.nms import iou_one_to_many, nms
+from jaxface.retinaface import FAMILY, box_coding
+
+
+def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, nms_threshold, pixel_wh, cfg):
+  """One image's `[A,4]`, `[A,2]`, `[A,10]` head outputs through the shared post-processing, with
+  RetinaFace's softmax scores and a decode against arbitrary `priors [A,4]` (normalised cxcywh)."""
+  def decode(outputs, idx):
+    loc, _, landm = outputs
+    p = priors[idx]
+    boxes = box_coding.decode_boxes(loc[idx], p) * jnp.concatenate([pixel_wh, pixel_wh])[None, :]
+    return boxes, box_coding.decode_landmarks(landm[idx], p) * pixel_wh[None, None, :]
+  outputs = (bbox[None], logits[None], landmarks[None])
+  out = inference.postprocess(outputs, FAMILY.scores(outputs), prior_ok[None], decode, conf_threshold,
+                              nms_threshold, nms_plus_one=True, cfg=cfg)
+  return jax.tree_util.tree_map(lambda a: a[0], out)
 
 K = 48  # boxes per random set: one compiled program for every seed and threshold.
 
@@ -214,7 +230,7 @@ def test_degenerate_zero_area_boxes_plain_iou():
 
 
 # ------------------------------------------------------------------------------------------------
-# postprocess_one on hand-made head outputs.
+# The post-processing on hand-made head outputs.
 # ------------------------------------------------------------------------------------------------
 
 W, H = 200.0, 100.0  # pixel_wh
@@ -256,7 +272,7 @@ POINTS2 = [[102, 27], [98, 23], [100, 25], [104, 25], [100, 29]]
 @functools.lru_cache(maxsize=None)
 def _postprocess(pre_nms_top_k, max_detections):
   cfg = inference.PostprocessConfig(pre_nms_top_k=pre_nms_top_k, max_detections=max_detections)
-  return jax.jit(functools.partial(inference.postprocess_one, cfg=cfg))
+  return jax.jit(functools.partial(postprocess_one, cfg=cfg))
 
 
 def _detect(conf, pre_nms_top_k=8, max_detections=8, prior_ok=PRIOR_OK):
@@ -371,7 +387,7 @@ def test_postprocess_tiers_match_reference(ref, conf, top_k):
   logits3 = np.concatenate([logits, logits + shift, logits - shift])
   scores = np.exp(logits3[:, 1]) / (1 + np.exp(logits3[:, 1]))
   cfg = inference.PostprocessConfig(pre_nms_top_k=top_k, max_detections=6300)
-  out = jax.jit(functools.partial(inference.postprocess_one, cfg=cfg))(
+  out = jax.jit(functools.partial(postprocess_one, cfg=cfg))(
       jnp.asarray(tiled(bbox)), jnp.asarray(logits3), jnp.asarray(tiled(lm)), jnp.asarray(priors3),
       jnp.ones(3 * a, bool), jnp.float32(conf), jnp.float32(0.4), jnp.asarray([w, h], jnp.float32))
   valid = np.asarray(out['valid'])

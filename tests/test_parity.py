@@ -17,7 +17,7 @@ torch = pytest.importorskip('torch')
 import reference_torch as ref  # noqa: E402
 
 from jaxface import load_detector  # noqa: E402
-from jaxface.models import retinaface  # noqa: E402
+from jaxface.retinaface import retinaface  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -16,8 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxface import checkpoint_io, load_detector
-from jaxface.training import checkpoints, loop
+from jaxface import saved_models, load_detector
+from jaxface.retinaface import FAMILY
+from jaxface.training import checkpointing, loop
+from jaxface.training import train_step as ts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -58,14 +60,14 @@ def tiny_config(**overrides):
 def _count_step_traces(monkeypatch):
   """The loop's step traces, counted: a retrace is a recompile (the train step's ~20 s)."""
   traces = []
-  original = loop.guarded_step
+  original = ts.guarded_step
 
   @functools.wraps(original)
   def counted(*args, **kwargs):
     traces.append(1)
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(loop, 'guarded_step', counted)
+  monkeypatch.setattr(ts, 'guarded_step', counted)
   return traces
 
 
@@ -90,14 +92,12 @@ def test_resume_after_kill_continues_exactly(straight_run, tmp_path):
   _, straight, _ = straight_run
   workdir = str(tmp_path / 'killed')
   env = dict(os.environ, PYTHONPATH=ROOT)  # with conftest's compile cache
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'),
-                         '--config', os.path.join(ROOT, 'configs', 'retinaface_mnet.py') + ':demo',
-                         '--workdir', workdir, *TINY, f'--config.crash_after_step={STEPS // 2 + 1}'],
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'crash_train.py'), workdir, str(STEPS // 2 + 1)],
                         capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   # The kill came right after step 3's save started: whatever made it to disk, the latest finished
   # checkpoint is whole and is step 2 or 3.
-  mgr = checkpoints.manager(workdir, keep=3)
+  mgr = checkpointing.manager(workdir, keep=3)
   resumed_from = mgr.latest_step()
   mgr.close()
   assert resumed_from in (STEPS // 2, STEPS // 2 + 1)
@@ -108,24 +108,24 @@ def test_resume_after_kill_continues_exactly(straight_run, tmp_path):
     for a, b in zip(_leaves(getattr(straight, name)), _leaves(getattr(resumed, name))):
       np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=name)
   # Not trivially equal: the run moved the weights.
-  init = loop.initial_variables(loop.retinaface('retinaface_mnet'), tiny_config(), jax.random.PRNGKey(0))
+  init = loop.initial_variables(FAMILY, FAMILY.model('retinaface_mnet'), tiny_config(), jax.random.PRNGKey(0))
   moved = max(float(np.abs(a - b).max()) for a, b in zip(_leaves(init['params']), _leaves(resumed.params)))
   assert moved > 1e-4
 
 
 def test_workdir_is_a_detector_checkpoint(straight_run):
   workdir, state, _ = straight_run
-  meta = checkpoint_io.read_meta(workdir)
+  meta = saved_models.read_meta(workdir)
   assert meta['arch'] == 'retinaface_mnet' and meta['dataset']['name'] == 'synthetic'
-  variables, meta = checkpoint_io.load_variables(workdir)
+  variables, meta = saved_models.load_variables(workdir)
   assert meta['step'] == STEPS
   for a, b in zip(_leaves(state.params), _leaves(variables['params'])):
     np.testing.assert_array_equal(a, b)
   assert load_detector(workdir).arch == 'retinaface_mnet'
-  older, _ = checkpoint_io.load_variables(workdir, step=STEPS - 1)
+  older, _ = saved_models.load_variables(workdir, step=STEPS - 1)
   assert any(not np.array_equal(a, b) for a, b in zip(_leaves(older['params']), _leaves(state.params)))
   with pytest.raises(FileNotFoundError, match='no checkpoint for step 99'):
-    checkpoint_io.load_variables(workdir, step=99)
+    saved_models.load_variables(workdir, step=99)
   config = json.load(open(os.path.join(workdir, 'config.json')))
   assert config['num_steps'] == STEPS and config['data']['image_size'] == 64
   lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -166,19 +166,19 @@ def test_nonfinite_loss_stops_or_skips(tmp_path, monkeypatch):
   _poisoned_from_step_2(monkeypatch)
   with pytest.raises(loop.NonFiniteLoss, match=r'step 2: .*last good checkpoint is step 1'):
     loop.train(tiny_config(num_steps=3), str(tmp_path / 'stop'))
-  mgr = checkpoints.manager(str(tmp_path / 'stop'), keep=3)
+  mgr = checkpointing.manager(str(tmp_path / 'stop'), keep=3)
   assert mgr.latest_step() == 1
   mgr.close()
 
   # skip_nonfinite is a host decision: the same compiled program.
   state = loop.train(tiny_config(skip_nonfinite=True, num_steps=3), str(tmp_path / 'skip'))
-  after_step_1, _ = checkpoint_io.load_variables(str(tmp_path / 'stop'))
+  after_step_1, _ = saved_models.load_variables(str(tmp_path / 'stop'))
   assert int(state.step) == 3
   for col in ('params', 'batch_stats'):
     for a, b in zip(_leaves(after_step_1[col]), _leaves(getattr(state, col))):
       np.testing.assert_array_equal(a, b)  # steps 2 and 3 were withheld
   assert all(np.isfinite(x).all() for x in _leaves(state.params))
-  progress = checkpoints.read_progress(str(tmp_path / 'skip'))
+  progress = saved_models.read_progress(str(tmp_path / 'skip'))
   assert progress['step'] == 3 and progress['nonfinite_steps'] == 2
 
 
@@ -186,7 +186,7 @@ def test_out_of_device_memory_names_the_batch_to_try(tmp_path, monkeypatch):
   def exhausted(*args, **kwargs):
     raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1073741824 bytes.')
 
-  monkeypatch.setattr(loop, 'guarded_step', exhausted)
+  monkeypatch.setattr(ts, 'guarded_step', exhausted)
   with pytest.raises(MemoryError, match=r'at 4 images per device .*try --config\.batch_size=2 \(2 per device\)') as info:
     loop.train(tiny_config(), str(tmp_path / 'oom'))
   assert 'RESOURCE_EXHAUSTED' in str(info.value.__cause__)
@@ -194,7 +194,7 @@ def test_out_of_device_memory_names_the_batch_to_try(tmp_path, monkeypatch):
   def broken(*args, **kwargs):
     raise RuntimeError('some other failure')
 
-  monkeypatch.setattr(loop, 'guarded_step', broken)
+  monkeypatch.setattr(ts, 'guarded_step', broken)
   with pytest.raises(RuntimeError, match='some other failure'):  # anything else passes through as it is
     loop.train(tiny_config(), str(tmp_path / 'other'))
 
@@ -220,10 +220,10 @@ def test_train_py_rejects_unknown_config_fields(tmp_path):
 def test_evaluate_py_reproduces_the_periodic_ap(straight_run, tmp_path):
   """`evaluate.py --ckpt WORKDIR` finds the val set in the workdir's metadata and prints the AP the
   run logged at its last evaluation."""
-  from jaxface.evaluation import runner
+  from jaxface.evaluation import cli, run
   workdir, _, _ = straight_run
   out = str(tmp_path / 'ap.json')
-  assert runner.main(['--ckpt', workdir, '--json', out, '--out', str(tmp_path / 'preds')]) == 0
+  assert cli.main(['--ckpt', workdir, '--json', out, '--out', str(tmp_path / 'preds')]) == 0
   logged = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
   logged = [x for x in logged if 'val/ap_easy' in x][-1]
   ap = json.load(open(out))['ap']
@@ -241,7 +241,7 @@ def test_pmap_mode_trains_the_same_run(straight_run, tmp_path, monkeypatch):
   traces = _count_step_traces(monkeypatch)
   state = loop.train(tiny_config(parallel='pmap', **WITH_EVAL), pdir)
   assert len(traces) == 1  # the replicated initial state is placed as the step's outputs are
-  assert int(state.step) == STEPS and checkpoint_io.load_variables(pdir)[1]['step'] == STEPS
+  assert int(state.step) == STEPS and saved_models.load_variables(pdir)[1]['step'] == STEPS
   read = lambda d: [json.loads(x) for x in open(os.path.join(d, 'metrics.jsonl'))]
   ours, theirs = read(pdir), read(workdir)
   losses = lambda lines: [x['train/loss'] for x in lines if 'train/loss' in x]
@@ -254,9 +254,9 @@ def test_pmap_mode_trains_the_same_run(straight_run, tmp_path, monkeypatch):
 
 
 def test_evaluate_py_names_a_missing_step(straight_run, capsys):
-  from jaxface.evaluation import runner
+  from jaxface.evaluation import cli, run
   workdir, _, _ = straight_run
-  assert runner.main(['--ckpt', workdir, '--step', '99']) == 2
+  assert cli.main(['--ckpt', workdir, '--step', '99']) == 2
   assert 'no checkpoint for step 99' in capsys.readouterr().err
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxface.data import augment_retinaface, pipeline, synthetic
-from jaxface.models import retinaface
+from jaxface.data import pipeline, synthetic
+from jaxface.retinaface import augment as augment_retinaface
+from jaxface.retinaface import FAMILY, retinaface
 from jaxface.training import train_step as ts
 
 S = 128
@@ -66,7 +67,7 @@ def test_loss_falls_on_a_fixed_batch_with_one_compile(batch):
   tx = ts.sgd(1e-2)
   variables = ts.init_variables(model, jax.random.PRNGKey(0))
   state = ts.init_state(tx, variables)
-  step = jax.jit(chex.assert_max_traces(n=1)(lambda st, b: ts.train_step(st, b, model=model, tx=tx)))
+  step = jax.jit(chex.assert_max_traces(n=1)(lambda st, b: ts.train_step(st, b, model=model, loss_fn=ts.loss_fn_for(FAMILY, model.spec), tx=tx)))
   losses = []
   for _ in range(8):
     state, metrics = step(state, batch)

@@ -26,7 +26,7 @@ from conftest import shared_file
 from jaxface.evaluation import (SETTINGS, GroundTruth, PredictionFormatError, evaluate, evaluate_dir,
                                 load_wider_mat_ground_truth, plot_pr_curves, read_prediction_file,
                                 read_predictions, thresholds, voc_ap, write_prediction_set, write_predictions)
-from jaxface.evaluation.matching import matlab_int32, overlaps
+from jaxface.evaluation.detection_matching import matlab_int32, overlaps
 from jaxface.evaluation.protocol import normalise_scores
 
 INT32_MAX, INT32_MIN = 2**31 - 1, -2**31

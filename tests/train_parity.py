@@ -49,7 +49,7 @@ def configure(num_cpu_devices: int, dtype: str = 'float64') -> None:
 def _float32_matching() -> None:
   """Trace prior matching with x64 off, as in training: the same float32 IoUs decide the same
   assignments in every program, so the float64 comparison is about the step, not the matching."""
-  from jaxface.training import matching
+  from jaxface.retinaface import matching
   match_batch = matching.match_batch
 
   @functools.wraps(match_batch)
@@ -60,8 +60,14 @@ def _float32_matching() -> None:
 
 
 def model(dtype: str | None = None, **kwargs):
-  from jaxface.models import retinaface
+  from jaxface.retinaface import retinaface
   return retinaface('retinaface_mnet', dtype=jax.numpy.dtype(dtype or DTYPE), **kwargs)
+
+
+def loss_fn():
+  from jaxface.retinaface import FAMILY
+  from jaxface.training import train_step as ts
+  return ts.loss_fn_for(FAMILY, FAMILY.spec('retinaface_mnet'))
 
 
 def optimizer():
@@ -99,9 +105,9 @@ def mining_probe(model, axis_name: str | None = None):
   near tie, which float32 rounding may order either way, when small).
   """
   import jax.numpy as jnp
-  from jaxface import anchors
-  from jaxface.training import matching
-  from jaxface.training.multibox_loss import loss_from_targets
+  from jaxface.retinaface import anchors
+  from jaxface.retinaface import matching
+  from jaxface.retinaface.loss import loss_from_targets
   priors = anchors.prior_boxes(S, S, min_sizes=model.spec.min_sizes, steps=model.spec.steps)
 
   def one_image(logits, pos, ignored):  # [P, 2], [P], [P]
@@ -127,7 +133,8 @@ def mining_probe(model, axis_name: str | None = None):
 
 def host_batches(process_index: int = 0, process_count: int = 1) -> list[dict]:
   """This host's slice of the first `STEPS` global batches, through the real loader."""
-  from jaxface.data import augment_retinaface, pipeline, synthetic
+  from jaxface.data import pipeline, synthetic
+  from jaxface.retinaface import augment as augment_retinaface
   source = synthetic.SyntheticFaces('train', 2 * GLOBAL_BATCH, seed=0)
   cfg = pipeline.LoaderConfig(global_batch_size=GLOBAL_BATCH, image_size=S, max_faces=16, seed=0,
                               process_index=process_index, process_count=process_count)

@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import cv2
 import grain
-from absl import flags
 import numpy as np
 
 from jaxface.data.rng import sample_rng
@@ -58,6 +57,7 @@ class LoaderConfig:
   global_batch_size: int          # images per step over all hosts
   image_size: int                 # square training size S
   max_faces: int                  # G, ground-truth slots per image
+  num_keypoints: int = 5          # K, the family's keypoints per face (`Family.keypoints`)
   seed: int = 0
   num_workers: int = 0            # host worker processes (0: build batches in this process)
   process_index: int = 0          # this host, of `process_count` (jax.process_index())
@@ -71,7 +71,7 @@ class LoaderConfig:
     return self.global_batch_size // self.process_count
 
 
-Augment = Callable[..., Any]  # (image, sample, rng, *, image_size) -> augmented (see augment_retinaface)
+Augment = Callable[..., Any]  # (image, sample, rng, *, image_size) -> `transforms.Augmented` (a family's augment)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -80,14 +80,15 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def pad_faces(boxes, landmarks, landmark_valid, ignore, max_faces: int) -> tuple[dict[str, np.ndarray], int]:
-  """Faces -> fixed `[G, ...]` arrays with masks; keeps the `max_faces` largest, returns how many it dropped."""
+  """Faces -> fixed `[G, ...]` arrays with masks (landmarks `[G, K, 2]`, K from `landmarks [N, K, 2]`);
+  keeps the `max_faces` largest, returns how many it dropped."""
   n = len(boxes)
   order = np.arange(n)
   if n > max_faces:
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     order = np.sort(np.argsort(-area, kind='stable')[:max_faces])
   k = len(order)
-  out = dict(boxes=np.zeros((max_faces, 4), np.float32), landmarks=np.zeros((max_faces, 5, 2), np.float32),
+  out = dict(boxes=np.zeros((max_faces, 4), np.float32), landmarks=np.zeros((max_faces, landmarks.shape[1], 2), np.float32),
              box_valid=np.zeros((max_faces,), bool), landmark_valid=np.zeros((max_faces,), bool),
              ignore=np.zeros((max_faces,), bool))
   out['boxes'][:k] = boxes[order]
@@ -115,6 +116,9 @@ def make_example(source: Source, augment: Augment, cfg: LoaderConfig, k: int) ->
       if skipped >= min(MAX_CONSECUTIVE_SKIPS, n):
         raise
   aug = augment(image, sample, sample_rng(cfg.seed, epoch, index), image_size=cfg.image_size)
+  if aug.landmarks.shape[1] != cfg.num_keypoints:
+    raise ValueError(f'{sample.source or sample.image_path or f"sample {index}"}: the annotation has '
+                     f'{aug.landmarks.shape[1]} keypoints per face, the model predicts {cfg.num_keypoints}')
   faces, overflow = pad_faces(aug.boxes, aug.landmarks, aug.landmark_valid, aug.ignore, cfg.max_faces)
   return dict(image=aug.image.astype(np.float32), **faces,
               skipped_images=np.int32(skipped), dropped_faces=np.int32(overflow),
@@ -146,9 +150,7 @@ def batches(source: Source, augment: Augment, cfg: LoaderConfig, *, start_step: 
   # 16 threads and 500 elements, are sized for small records: here they would hold gigabytes of
   # batches and take the cores the train step needs.)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
-  if cfg.num_workers > 0:
-    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; programs without absl never parse them
-      flags.FLAGS.mark_as_parsed()
+  if cfg.num_workers > 0:  # Grain's workers read absl flags: the program must have parsed them (train.py does)
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
   return _log_losses(iter(it), cfg, start_step)
 

@@ -327,8 +327,8 @@ def _sample(stats: ReaderStats, block: _Block, root: str, faces: list) -> Sample
     stats.note('images_without_faces', block.where)
     return Sample.empty(image_path, block.where)
   boxes, landmarks, valid, ignore = zip(*faces)
-  return Sample(image_path, np.array(boxes, np.float32), np.array(landmarks, np.float32), np.array(valid),
-                np.array(ignore), block.where)
+  landmarks = np.array(landmarks, np.float32).reshape(len(boxes), -1, 2)  # WIDER's five points
+  return Sample(image_path, np.array(boxes, np.float32), landmarks, np.array(valid), np.array(ignore), block.where)
 
 
 def _default_root(label_path: str, image_root: str | os.PathLike | None) -> str:

@@ -52,7 +52,7 @@ def convert_example(example: Mapping, source: str = '') -> tuple[np.ndarray | No
   scale = np.array([width, height, width, height], np.float64)
   boxes = bbox[:, [1, 0, 3, 2]] * scale[None, :]  # yxyx -> xyxy, then pixels
   n = len(boxes)
-  return image, Sample('', boxes, np.zeros((n, 5, 2)), np.zeros((n,), bool), invalid, source)
+  return image, Sample('', boxes, np.zeros((n, 5, 2)), np.zeros((n,), bool), invalid, source)  # no landmarks in TFDS
 
 
 class TfdsWiderFace:

@@ -40,7 +40,7 @@ from typing import Mapping
 import numpy as np
 
 from jaxface.evaluation.ground_truth import SETTINGS, GroundTruth
-from jaxface.evaluation.matching import match_detections
+from jaxface.evaluation.detection_matching import match_detections
 
 PROTOCOLS = ('official', 'python')
 THRESH_NUM = 1000

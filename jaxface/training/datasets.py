@@ -18,7 +18,7 @@ from jaxface.data import pipeline, readers, synthetic
 
 @dataclasses.dataclass
 class ValSet:
-  """Ground truth plus `(event, name) -> BGR image`, as `evaluation.runner.detect_all` takes them."""
+  """Ground truth plus `(event, name) -> BGR image`, as `evaluation.run.detect_all` takes them."""
   gt: Any
   load: Callable[[str, str], np.ndarray]
   test_scale: str
@@ -52,11 +52,13 @@ def train_source(data) -> pipeline.Source:
   return pipeline.FileSource(samples)
 
 
-def val_set(data) -> ValSet | None:
-  """The val set the periodic evaluation scores, or None (with a note) when it is not available."""
-  from jaxface.evaluation import runner
+def val_set(data, family) -> ValSet | None:
+  """The val set the periodic evaluation scores, or None (with a note) when it is not available.
+
+  WIDER val runs with `data.val_test_scale`, or the family's protocol when that is empty."""
+  from jaxface.evaluation import run
   if data.dataset == 'synthetic':
-    gt, load = runner.synthetic_val(data.synthetic_val_images, data.synthetic_val_seed,
+    gt, load = run.synthetic_val(data.synthetic_val_images, data.synthetic_val_seed,
                                     tuple(data.synthetic_val_image_size) or None)
     return ValSet(gt, load, 'original')
   paths = wider_paths(data.wider_root)
@@ -64,8 +66,8 @@ def val_set(data) -> ValSet | None:
     logging.warning('periodic evaluation off: %s or %s is missing', paths['val_images'], paths['gt'])
     return None
   from jaxface.evaluation.ground_truth import load_wider_mat_ground_truth
-  return ValSet(load_wider_mat_ground_truth(paths['gt']), runner.wider_image_loader(data.wider_root),
-                data.val_test_scale)
+  return ValSet(load_wider_mat_ground_truth(paths['gt']), run.wider_image_loader(data.wider_root),
+                data.val_test_scale or family.test_scale)
 
 
 def dataset_meta(data) -> dict[str, Any]:

@@ -16,55 +16,43 @@ import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxface import checkpoint_io, convert
-from jaxface.data import augment_retinaface, pipeline
-from jaxface.evaluation.runner import clock
-from jaxface.models import retinaface
-from jaxface.training import checkpoints, datasets, parallel
+from jaxface import families, saved_models
+from jaxface.data import pipeline
+from jaxface.family import Family
+from jaxface.progress import clock
+from jaxface.torch_pickle import load_torch_file
+from jaxface.training import checkpointing, datasets, parallel
 from jaxface.training import train_step as ts
 from jaxface.training.metric_writers import MetricWriters
-
-LOSS_TERMS = ('loss', 'loss_loc', 'loss_cls', 'loss_landm')
 
 
 class NonFiniteLoss(RuntimeError):
   """The loss or the gradient became NaN/inf (the update was not applied)."""
 
 
-def guarded_step(state: ts.TrainState, batch, *, axis_name: str | None = None, **kwargs):
-  """`train_step` that never applies a non-finite update: the old state is kept instead, and
-  `metrics['nonfinite']` says so. The host decides whether to stop or go on (config)."""
-  new, metrics = ts.train_step(state, batch, axis_name=axis_name, **kwargs)
-  ok = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
-  if axis_name is not None:
-    ok = jax.lax.pmin(ok.astype(jnp.int32), axis_name).astype(bool)
-  kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
-  # The batch was consumed either way: the step (the data stream's position) advances.
-  return kept.replace(step=new.step), dict(metrics, nonfinite=~ok)
-
-
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return math.ceil(num_examples / global_batch)  # the reference's epoch_size
 
 
-def initial_variables(model, config, rng) -> dict[str, Any]:
-  """Random init, with the ImageNet backbone (through the converter) when the config names one."""
+def initial_variables(family: Family, model, config, rng) -> dict[str, Any]:
+  """Random init, with the ImageNet backbone (through the family's converter) when the config names one."""
   variables = jax.device_get(ts.init_variables(model, rng))
   if config.pretrained_backbone:
     path = config.pretrained_backbone
     if not os.path.isfile(path):
       raise FileNotFoundError(f'config.pretrained_backbone: no such file {path!r} (the ImageNet weights; set '
                               f"--config.pretrained_backbone='' to train from scratch)")
-    backbone = convert.convert_file(path, model.spec.backbone)
-    for col in ('params', 'batch_stats'):
-      variables[col] = dict(variables[col], body=backbone[col]['body'])
+    backbone = family.convert_torch(load_torch_file(path), family.training.backbone(model.spec), path)
+    for col, subtrees in backbone.items():  # the backbone's top-level modules replace the random ones
+      variables[col] = dict(variables[col], **subtrees)
     print(f'backbone initialised from {path}', flush=True)
   return variables
 
@@ -92,8 +80,17 @@ class _Preemption:
       signal.signal(sig, old)
 
 
-def train(config, workdir: str) -> ts.TrainState:
+def train(config, workdir: str, *, family: Family | None = None,
+          after_step: Callable[[int], None] | None = None) -> ts.TrainState:
+  """Trains `config.arch` (of `family`, default: the name table's) into `workdir`, resuming from its
+  latest checkpoint; returns the final state (this host's numpy copy). `after_step(step)` runs after
+  each step's checkpoint decision (tests inject faults there)."""
+  family = family or families.family_of(config.arch)
+  if family.training is None:
+    raise ValueError(f'{config.arch}: the {family.name} family has no training parts yet')
   parallel.initialize_distributed()
+  if not flags.FLAGS.is_parsed():  # Grain's loader workers read absl flags; a caller without absl has none
+    flags.FLAGS.mark_as_parsed()
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   say = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
@@ -108,17 +105,19 @@ def train(config, workdir: str) -> ts.TrainState:
   use_pmap = config.parallel == 'pmap'
   if config.parallel not in ('jit', 'pmap'):
     raise ValueError(f"config.parallel must be 'jit' or 'pmap', got {config.parallel!r}")
-  model = retinaface(config.arch, bn_axis_name='batch' if use_pmap else None)
+  spec = family.spec(config.arch)
+  model = family.build(spec, bn_axis_name=ts.PMAP_AXIS if use_pmap else None)
+  loss_fn = ts.loss_fn_for(family, spec, **config.loss)
   mesh = parallel.data_mesh()
   if batch_size % jax.device_count():
     raise ValueError(f'config.batch_size={batch_size} must be divisible by the {jax.device_count()} devices')
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = ts.init_state(tx, initial_variables(model, config, jax.random.PRNGKey(config.seed)))
+  state = ts.init_state(tx, initial_variables(family, model, config, jax.random.PRNGKey(config.seed)))
   state = parallel.replicate(state, mesh)
-  mgr = checkpoints.manager(workdir, keep=config.checkpoint_keep)
+  mgr = checkpointing.manager(workdir, keep=config.checkpoint_keep)
   progress = dict(seed=config.seed, batch_size=batch_size, nonfinite_steps=0, train_seconds=0.0)
-  restored = checkpoints.restore(mgr, state)
+  restored = checkpointing.restore(mgr, state)
   if restored is not None:
     state, saved = restored
     for key in ('seed', 'batch_size'):
@@ -132,16 +131,12 @@ def train(config, workdir: str) -> ts.TrainState:
   if is_main:
     _write_run_files(workdir, config)
 
-  kwargs = dict(model=model, tx=tx, loc_weight=config.loc_weight)
   if use_pmap:
-    step_fn = jax.pmap(functools.partial(guarded_step, axis_name='batch', **kwargs), axis_name='batch',
-                       donate_argnums=0)
-    run_state = parallel.pmap_replicate(jax.tree_util.tree_map(host_copy, state), 'batch')
+    step_fn = ts.make_pmap_train_step(model, loss_fn, tx)
+    run_state = parallel.pmap_replicate(jax.tree_util.tree_map(host_copy, state), ts.PMAP_AXIS)
     to_device = parallel.pmap_batch
   else:
-    data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-    step_fn = jax.jit(functools.partial(guarded_step, **kwargs), in_shardings=(replicated, data_sharding),
-                      out_shardings=(replicated, replicated), donate_argnums=0)
+    step_fn = ts.make_sharded_train_step(model, loss_fn, tx, mesh)
     run_state = state
     to_device = functools.partial(parallel.global_batch, mesh=mesh)
 
@@ -152,12 +147,13 @@ def train(config, workdir: str) -> ts.TrainState:
     return parallel.replicate(host_state(st), mesh) if use_pmap else st
 
   loader_cfg = pipeline.LoaderConfig(global_batch_size=batch_size, image_size=config.data.image_size,
-                                     max_faces=config.data.max_faces, seed=config.seed,
+                                     max_faces=config.data.max_faces, num_keypoints=len(family.keypoints),
+                                     seed=config.seed,
                                      num_workers=config.data.num_workers, process_index=jax.process_index(),
                                      process_count=jax.process_count())
-  augment = functools.partial(augment_retinaface.retinaface_augment, min_face=config.data.min_face)
-  val = datasets.val_set(config.data) if (config.eval_every_steps and is_main) else None
-  evaluator = _Evaluator(config.arch, val) if val is not None else None
+  augment = functools.partial(family.training.augment, min_face=config.data.min_face)
+  val = datasets.val_set(config.data, family) if (config.eval_every_steps and is_main) else None
+  evaluator = _Evaluator(family, config.arch, val) if val is not None else None
   writers = MetricWriters(workdir) if is_main else None
   guard = _NonFiniteGuard(config.skip_nonfinite, mgr, progress)
 
@@ -184,15 +180,15 @@ def train(config, workdir: str) -> ts.TrainState:
         if step % config.log_every_steps == 0 or step == total_steps:
           now = time.time()
           progress['train_seconds'] += now - window_start
-          _log(pending, step, total_steps, per_epoch, schedule, window_images / max(now - window_start, 1e-9),
-               progress, batch, writers, say)
+          _log(pending, family.training.loss_terms, step, total_steps, per_epoch, schedule,
+               window_images / max(now - window_start, 1e-9), progress, batch, writers, say)
           pending, window_start, window_images = [], time.time(), 0
         if step % config.checkpoint_every_steps == 0 or step == total_steps or preempt.requested:
           guard.check(keep_last=0)  # a checkpoint never claims a step whose update failed unnoticed
-          checkpoints.save(mgr, step, global_state(run_state), progress)
+          checkpointing.save(mgr, step, global_state(run_state), progress)
           guard.last_saved = step
-        if config.crash_after_step and step == config.crash_after_step:
-          os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests): no cleanup, saves in flight die
+        if after_step is not None:
+          after_step(step)
         if evaluator is not None and (step % config.eval_every_steps == 0 or step == total_steps):
           ap = evaluator(host_state((run_state.params, run_state.batch_stats)), step, say)
           writers.write_scalars(step, {f'val/ap_{k}': v for k, v in ap.items()})
@@ -251,15 +247,17 @@ class _NonFiniteGuard:
                           'to skip such steps and count them.')
 
 
-def _log(pending, step, total, per_epoch, schedule, images_per_s, progress, batch, writers, say) -> None:
+def _log(pending, loss_terms, step, total, per_epoch, schedule, images_per_s, progress, batch, writers,
+         say) -> None:
   host = jax.tree_util.tree_map(host_copy, pending)
-  mean = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in (*LOSS_TERMS, 'grad_norm')}
+  mean = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in (*loss_terms, 'grad_norm')}
   mean['num_pos'] = float(np.mean([np.mean(m['num_pos']) for m in host]))  # global count (psum'd under pmap)
   lr = float(schedule(step - 1))
   eta = (total - step) * (progress['train_seconds'] / max(step, 1))
-  say(f'step {step}/{total} epoch {step / per_epoch:.2f} | {images_per_s:.1f} img/s | loss {mean["loss"]:.4f} '
-      f'(loc {mean["loss_loc"]:.4f} cls {mean["loss_cls"]:.4f} landm {mean["loss_landm"]:.4f}) '
-      f'pos {mean["num_pos"]:.0f} | lr {lr:.2e} | ETA {clock(eta)}')
+  total_term, *parts = loss_terms
+  detail = ' '.join(f'{k.removeprefix("loss_")} {mean[k]:.4f}' for k in parts)
+  say(f'step {step}/{total} epoch {step / per_epoch:.2f} | {images_per_s:.1f} img/s | loss {mean[total_term]:.4f} '
+      f'({detail}) pos {mean["num_pos"]:.0f} | lr {lr:.2e} | ETA {clock(eta)}')
   # What the loader dropped from this step's batch: each process loaded a slice, so the counts are
   # summed over the processes (a collective: every process gets here at the same steps).
   dropped = np.array([int(batch[k].sum()) for k in pipeline.COUNTERS])
@@ -290,7 +288,7 @@ def _write_run_files(workdir: str, config) -> None:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json(indent=2, sort_keys=True))
   meta = dict(arch=config.arch, source='train.py', dataset=datasets.dataset_meta(config.data))
-  with open(os.path.join(workdir, checkpoint_io.META_FILE), 'w') as f:
+  with open(os.path.join(workdir, saved_models.META_FILE), 'w') as f:
     json.dump(meta, f, indent=2, sort_keys=True)
 
 
@@ -298,21 +296,21 @@ class _Evaluator:
   """AP on the val set with the current weights, as `evaluate.py --ckpt` computes it (bucketed
   sizes, confidence 0.02, the model's NMS); one `Detector`, so its programs compile once."""
 
-  def __init__(self, arch: str, val: datasets.ValSet):
-    self.arch, self.val = arch, val
+  def __init__(self, family: Family, arch: str, val: datasets.ValSet):
+    self.family, self.arch, self.val = family, arch, val
     self.detector = None
 
   def __call__(self, params_and_stats, step: int, say) -> dict[str, float]:
     from jaxface.detector import Detector
-    from jaxface.evaluation import protocol, runner
+    from jaxface.evaluation import protocol, run
     variables = dict(zip(('params', 'batch_stats'), params_and_stats))
     if self.detector is None:
-      self.detector = Detector(self.arch, variables, bucketed=True, batch_size=8)
+      self.detector = Detector(self.family, self.arch, variables, bucketed=True, batch_size=8)
     else:
       self.detector.variables = jax.tree_util.tree_map(jnp.asarray, variables)
     t = time.time()
     keys = [(e, n) for e, names in zip(self.val.gt.events, self.val.gt.files) for n in names]
-    preds = dict(runner.detect_all(self.detector, keys, self.val.load, test_scale=self.val.test_scale,
+    preds = dict(run.detect_all(self.detector, keys, self.val.load, test_scale=self.val.test_scale,
                                    conf_threshold=0.02, nms_threshold=None))
     result = protocol.evaluate(preds, self.val.gt)
     say(f'step {step}: val AP easy {result.ap["easy"]:.4f} medium {result.ap["medium"]:.4f} '

@@ -1,4 +1,5 @@
-"""The RetinaFace train step: forward, matching, loss, backward and the SGD update in one program.
+"""The train step of any family: forward, the family's loss (matching included), backward and the
+SGD update in one program.
 
 `train_step(state, batch)` is pure: a jitted call runs it with no host round trip (the metrics stay
 on device until the caller reads them). Data parallel, two ways that give the same numbers as one
@@ -13,16 +14,15 @@ device on the global batch:
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxface import anchors
-from jaxface.models import RetinaFace
-from jaxface.training.multibox_loss import multibox_loss
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]  # (outputs, batch, *, axis_name) -> (loss, metrics)
 
 
 @flax.struct.dataclass
@@ -53,7 +53,7 @@ def step_decay(base_lr: float, steps_per_epoch: int, decay_epochs: tuple[int, ..
   return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warm), lambda s: decay(s + warm)], [warm])
 
 
-def init_variables(model: RetinaFace, rng: jax.Array) -> dict[str, Any]:
+def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
   """Random `params` and initial `batch_stats`, as one compiled program.
 
   Run eagerly, flax's init compiles every op of a forward pass on its own (31 s for mnet on a
@@ -69,7 +69,7 @@ def init_variables(model: RetinaFace, rng: jax.Array) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_init(model: RetinaFace):
+def _jitted_init(model: nn.Module):
   # On CPU without LLVM's optimisations: each kernel's threefry draw is a large unrolled function
   # that takes ~1 s to optimise (24 s for mnet), and runs once (same numbers to 1 ulp).
   options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
@@ -84,25 +84,29 @@ def init_state(tx: optax.GradientTransformation, variables: Mapping[str, Any]) -
                     batch_stats=variables['batch_stats'], opt_state=opt_state)
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: RetinaFace,
-               tx: optax.GradientTransformation, loc_weight: float = 2.0,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+def loss_fn_for(family, spec, **hyper) -> LossFn:
+  """The family's training loss for `spec` with its hyper-parameters (`loc_weight`, ...) bound."""
+  if family.training is None:
+    raise ValueError(f'the {family.name} family has no training parts')
+  return functools.partial(family.training.loss, spec, **hyper)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, loss_fn: LossFn,
+               tx: optax.GradientTransformation, axis_name: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a batch from `jaxface.data.pipeline` (`image [B,S,S,3]` normalised, GT padded).
 
-  BN runs in train mode (batch statistics, running averages updated), as in the reference.
-  Returns the new state and scalar metrics (per-term losses, positives, learning-rate step, grad norm).
+  BN runs in train mode (batch statistics, running averages updated), as in the references.
+  Returns the new state and scalar metrics (the loss terms, positives, grad norm).
   """
-  s = batch['image'].shape[1]
-  priors = jnp.asarray(anchors.prior_boxes(s, s, min_sizes=model.spec.min_sizes, steps=model.spec.steps))
 
-  def loss_fn(params):
-    (loc, logits, landm), updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                                batch['image'], train=True, mutable=['batch_stats'])
-    loss, metrics = multibox_loss(loc, logits, landm, batch, priors, loc_weight=loc_weight,
-                                  variances=model.spec.variances, axis_name=axis_name)
+  def objective(params):
+    outputs, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                   batch['image'], train=True, mutable=['batch_stats'])
+    loss, metrics = loss_fn(outputs, batch, axis_name=axis_name)
     return loss, (metrics, updates['batch_stats'])
 
-  (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (metrics, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   if axis_name is not None:  # each device's loss is its share of the global loss: gradients add up
     grads = jax.lax.psum(grads, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -111,15 +115,28 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Reti
   return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
 
 
-def make_train_step(model: RetinaFace, tx: optax.GradientTransformation, **kwargs):
-  """`train_step` jitted for one device, the state donated (updated in place)."""
-  return jax.jit(functools.partial(train_step, model=model, tx=tx, **kwargs), donate_argnums=0)
+def guarded_step(state: TrainState, batch, *, axis_name: str | None = None, **kwargs):
+  """`train_step` that never applies a non-finite update: the old state is kept instead, and
+  `metrics['nonfinite']` says so. The host decides whether to stop or go on (config)."""
+  new, metrics = train_step(state, batch, axis_name=axis_name, **kwargs)
+  ok = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  if axis_name is not None:
+    ok = jax.lax.pmin(ok.astype(jnp.int32), axis_name).astype(bool)
+  kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
+  # The batch was consumed either way: the step (the data stream's position) advances.
+  return kept.replace(step=new.step), dict(metrics, nonfinite=~ok)
 
 
-def make_sharded_train_step(model: RetinaFace, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                            **kwargs):
-  """`train_step` jitted over `mesh` (1-D, axis 'data'): batch leaves split on their leading axis,
-  the state replicated and donated. The global batch must divide by the mesh size.
+def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation):
+  """`guarded_step` jitted for one device, the state donated (updated in place)."""
+  return jax.jit(functools.partial(guarded_step, model=model, loss_fn=loss_fn, tx=tx), donate_argnums=0)
+
+
+def make_sharded_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
+                            mesh: jax.sharding.Mesh):
+  """`guarded_step` jitted over `mesh` (1-D, axis 'data'): batch leaves split on their leading axis,
+  the state replicated and donated. The global batch must divide by the mesh size. This is what
+  `train.py` runs (`parallel='jit'`).
 
   The mesh axis must be `Auto` (`jaxface.training.parallel.data_mesh`). On an `Explicit` axis,
   `jax.make_mesh`'s default in JAX 0.10, a state placed on the mesh makes every intermediate
@@ -132,14 +149,18 @@ def make_sharded_train_step(model: RetinaFace, tx: optax.GradientTransformation,
   P = jax.sharding.PartitionSpec
   replicated = jax.sharding.NamedSharding(mesh, P())
   data = jax.sharding.NamedSharding(mesh, P('data'))
-  return jax.jit(functools.partial(train_step, model=model, tx=tx, **kwargs),
+  return jax.jit(functools.partial(guarded_step, model=model, loss_fn=loss_fn, tx=tx),
                  in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def make_pmap_train_step(model: RetinaFace, tx: optax.GradientTransformation, **kwargs):
-  """`train_step` under `jax.pmap` (axis 'batch'): the state replicated per device (`[D, ...]`),
-  the batch reshaped to `[D, B/D, ...]`. `model` must have `bn_axis_name='batch'`."""
-  if model.bn_axis_name != 'batch':
+PMAP_AXIS = 'batch'  # the device axis of `make_pmap_train_step` (BN statistics and loss normalisers)
+
+
+def make_pmap_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation):
+  """`guarded_step` under `jax.pmap` (axis 'batch'): the state replicated per device (`[D, ...]`,
+  placed by `parallel.pmap_replicate(state, PMAP_AXIS)`), the batch reshaped to `[D, B/D, ...]`.
+  `model` must have `bn_axis_name='batch'`. This is what `train.py` runs with `parallel='pmap'`."""
+  if getattr(model, 'bn_axis_name', None) != PMAP_AXIS:
     raise ValueError("make_pmap_train_step needs a model built with bn_axis_name='batch' (synchronised BN)")
-  return jax.pmap(functools.partial(train_step, model=model, tx=tx, axis_name='batch', **kwargs),
-                  axis_name='batch', donate_argnums=0)
+  return jax.pmap(functools.partial(guarded_step, model=model, loss_fn=loss_fn, tx=tx, axis_name=PMAP_AXIS),
+                  axis_name=PMAP_AXIS, donate_argnums=0)

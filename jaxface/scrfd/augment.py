@@ -13,7 +13,7 @@ The reference pipeline, in its order:
      hue + U(-18, 18) degrees, wrapped; back to BGR; a random channel permutation; each step p = 1/2;
   5. `Normalize`: BGR -> RGB, (x - 127.5) / 128.
 
-As in `augment_retinaface`, the draws go into a plan first (`draw_scrfd_plan`), and
+As in `jaxface.retinaface.augment`, the draws go into a plan first (`draw_scrfd_plan`), and
 `apply_scrfd_plan` does the pixel work once; randomness comes only from the generator passed in.
 
 Cost: the crop and its grey border are built in uint8 (one `copyMakeBorder`) and resized in uint8;
@@ -29,7 +29,7 @@ Deliberate departures from the reference:
     every centre on or outside the border); here after MAX_SCALE_ROUNDS rounds the whole image is
     placed on a grey square (`crop_failed`);
   * FIX: zero-size boxes dropped and counted, `min_face` filter (default off), landmark validity from
-    the reader, ignore boxes kept but never making a crop acceptable: as in `augment_retinaface`.
+    the reader, ignore boxes kept but never making a crop acceptable: as in `jaxface.retinaface.augment`.
 """
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ import dataclasses
 import cv2
 import numpy as np
 
-from jaxface.data.augment_retinaface import (Augmented, centres_inside, check_bgr_uint8, mirror_faces,
-                                             usable_faces)
 from jaxface.data.sample import Sample
+from jaxface.data.transforms import Augmented, centres_inside, check_bgr_uint8, mirror_faces, usable_faces
+from jaxface.keypoints import FIVE_POINTS
 
 CROP_SCALES = np.array([0.3, 0.45, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
 CROP_TRIES = 250            # per scale
@@ -173,7 +173,7 @@ def apply_scrfd_plan(image_bgr_uint8: np.ndarray, sample: Sample, plan: ScrfdPla
   points = np.clip(points.astype(np.float32) * factor, 0, image_size)
   if plan.flip:
     pixels = cv2.flip(pixels, 1)
-    boxes, points = mirror_faces(boxes, points, np.float32(image_size))
+    boxes, points = mirror_faces(boxes, points, np.float32(image_size), FIVE_POINTS.flip_order)
 
   image = pixels.astype(np.float32)
   channels = (0, 1, 2)

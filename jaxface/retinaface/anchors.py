@@ -15,7 +15,7 @@ def prior_grid(height: int, width: int, min_sizes: tuple[tuple[int, ...], ...] =
   Returns:
     priors: `[A, 4]` float32 `(cx, cy, w, h)` normalised by (W, H); centres at cell + 0.5.
     cells: `[A, 3]` int32 `(row, col, step)`, so a padded input can mask out the priors that
-      the unpadded size would not have (`valid_priors`).
+      the unpadded size would not have (`jaxface.inference.cells_inside`).
   Order: level (stride 8, 16, 32), row, column, then min_size - the head's output order.
   A is 16,800 at 640x640 and 29,126 at 840x840 (feature maps ceil(H/step) x ceil(W/step)).
   """
@@ -37,13 +37,3 @@ def prior_grid(height: int, width: int, min_sizes: tuple[tuple[int, ...], ...] =
 def prior_boxes(height: int, width: int, **kwargs) -> np.ndarray:
   """`[A, 4]` priors `(cx, cy, w, h)`, normalised; see `prior_grid`."""
   return prior_grid(height, width, **kwargs)[0]
-
-
-def valid_priors(cells, height, width):
-  """`[A]` bool: the priors an unpadded `height x width` image has (works on numpy or jax arrays).
-
-  A padded input has every prior of the original size at the same pixel position, plus extra
-  rows/columns; the original has `ceil(h/step)` rows per level.
-  """
-  step = cells[..., 2]
-  return (cells[..., 0] < -(-height // step)) & (cells[..., 1] < -(-width // step))

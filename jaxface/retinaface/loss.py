@@ -34,8 +34,8 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxface import box_coding
-from jaxface.training import matching
+from jaxface.retinaface import anchors, box_coding
+from jaxface.retinaface import matching
 
 
 def smooth_l1(x: jax.Array) -> jax.Array:
@@ -133,7 +133,7 @@ def loss_from_targets(pred_loc: jax.Array, pred_logits: jax.Array, pred_landm: j
 
 def multibox_loss(pred_loc: jax.Array, pred_logits: jax.Array, pred_landm: jax.Array,
                   batch: Mapping[str, jax.Array], priors: jax.Array, *, neg_pos: int = 7, loc_weight: float = 2.0,
-                  variances: box_coding.Variances = (0.1, 0.2), pos_thresh: float = matching.POS_THRESH,
+                  variances: box_coding.Variances = box_coding.VARIANCES, pos_thresh: float = matching.POS_THRESH,
                   force_thresh: float = matching.FORCE_THRESH, low_iou_faces_steal: bool = True,
                   axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """RetinaFace's training loss for a batch: matching, targets and the three terms.
@@ -167,3 +167,14 @@ def multibox_loss(pred_loc: jax.Array, pred_logits: jax.Array, pred_landm: jax.A
                                             dtype=jnp.int32))
   metrics['num_low_iou_faces'] = total(jnp.sum(match.usable & ~match.forced, dtype=jnp.int32))
   return loss, metrics
+
+
+def family_loss(spec, outputs, batch: Mapping[str, jax.Array], *, axis_name: str | None = None,
+                **hyper) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`multibox_loss` as `Family.training.loss` takes it: the model's `(loc, logits, landmarks)` on
+  a batch of square images, priors from `spec` at the batch's size; `hyper` (e.g. `loc_weight`)
+  goes to `multibox_loss`."""
+  s = batch['image'].shape[1]
+  priors = jnp.asarray(anchors.prior_boxes(s, s, min_sizes=spec.min_sizes, steps=spec.steps))
+  loc, logits, landm = outputs
+  return multibox_loss(loc, logits, landm, batch, priors, variances=spec.variances, axis_name=axis_name, **hyper)

@@ -6,7 +6,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 
-from jaxface.models.layers import BatchNorm, Conv
+from jaxface.layers import BatchNorm, Conv
 
 LAYERS = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (planes, blocks, stride)
 

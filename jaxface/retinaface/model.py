@@ -13,9 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.models.layers import Conv, ConvBN, fused_conv, fused_conv_bn, torch_bn, upsample_nearest
-from jaxface.models.mobilenet import MobileNetV1
-from jaxface.models.resnet import ResNet50
+from jaxface.retinaface import box_coding
+from jaxface.layers import Conv, ConvBN, fused_conv, fused_conv_bn, torch_bn, upsample_nearest
+from jaxface.retinaface.mobilenet import MobileNetV1
+from jaxface.retinaface.resnet import ResNet50
 
 
 class FPN(nn.Module):
@@ -112,14 +113,14 @@ class RetinaFaceSpec:
   neck_slope: float       # LeakyReLU slope inside FPN and SSH.
   min_sizes: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
   steps: tuple[int, ...] = (8, 16, 32)
-  variances: tuple[float, float] = (0.1, 0.2)
+  variances: tuple[float, float] = box_coding.VARIANCES
   nms_threshold: float = 0.4  # the reference's test-time NMS IoU.
 
 
 class RetinaFace(nn.Module):
   """Images `[N,H,W,3]` (BGR minus (104,117,123)) -> `(bbox [N,A,4], logits [N,A,2], landmarks [N,A,10])`.
 
-  A is the prior count for (H, W) (`jaxface.anchors.prior_boxes`); the order is stride 8, 16, 32
+  A is the prior count for (H, W) (`jaxface.retinaface.anchors.prior_boxes`); the order is stride 8, 16, 32
   and `(y*W + x)*2 + a` within a level, as the reference. Logits are pre-softmax; the face score
   is `softmax(logits)[..., 1]`.
   """
@@ -150,10 +151,3 @@ SPECS: dict[str, RetinaFaceSpec] = {
     'retinaface_mnet_relu': RetinaFaceSpec('mobilenet0.25', 64, body_slope=0.0, neck_slope=0.0),
     'retinaface_r50': RetinaFaceSpec('resnet50', 256, body_slope=0.0, neck_slope=0.0),
 }
-
-
-def retinaface(arch: str, **kwargs) -> RetinaFace:
-  """The model for a released architecture name; an unknown name lists the valid ones."""
-  if arch not in SPECS:
-    raise ValueError(f'unknown arch {arch!r}; valid: {", ".join(sorted(SPECS))}')
-  return RetinaFace(SPECS[arch], **kwargs)

@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface import box_coding
+from jaxface.retinaface import box_coding
 
 POS_THRESH = 0.35    # the reference's overlap_thresh
 FORCE_THRESH = 0.2   # faces whose best prior IoU is below this are not forced onto it
@@ -233,7 +233,7 @@ def match_one(gt_boxes: jax.Array, gt_valid: jax.Array, priors, *, gt_ignore: ja
 
 
 def encode_targets(match: Match, gt_boxes: jax.Array, gt_landmarks: jax.Array, gt_landmark_valid: jax.Array,
-                   priors: jax.Array, variances: box_coding.Variances = (0.1, 0.2)) -> Targets:
+                   priors: jax.Array, variances: box_coding.Variances = box_coding.VARIANCES) -> Targets:
   """Box and landmark targets of one image from its `Match`.
 
   Args:
@@ -261,7 +261,7 @@ def encode_targets(match: Match, gt_boxes: jax.Array, gt_landmarks: jax.Array, g
 
 def match_batch(batch: Mapping[str, jax.Array], priors: jax.Array, *, pos_thresh: float = POS_THRESH,
                 force_thresh: float = FORCE_THRESH, low_iou_faces_steal: bool = True,
-                variances: box_coding.Variances = (0.1, 0.2)) -> tuple[Match, Targets]:
+                variances: box_coding.Variances = box_coding.VARIANCES) -> tuple[Match, Targets]:
   """`match_one` + `encode_targets` vmapped over the loader's batch.
 
   Args:

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.models.layers import BatchNorm, Conv, ConvBN, ConvDW
+from jaxface.layers import BatchNorm, Conv, ConvBN, ConvDW
 
 # (features, stride) of each depthwise block after the stem, per stage.
 STAGE1 = ((16, 1), (32, 2), (32, 1), (64, 2), (64, 1))

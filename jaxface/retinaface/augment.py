@@ -55,34 +55,18 @@ import cv2
 import numpy as np
 
 from jaxface.data.sample import Sample
+from jaxface.data.transforms import Augmented, centres_inside, check_bgr_uint8, mirror_faces, usable_faces
+from jaxface.keypoints import FIVE_POINTS
+from jaxface.retinaface.outputs import BGR_MEAN as MEAN_BGR
 
 PRE_SCALES = np.array([0.3, 0.45, 0.6, 0.8, 1.0])  # crop side / short side of the image
 CROP_TRIES = 250
 CROP_CHUNK = 32  # tries drawn and tested together; most images accept one in the first chunk
-MEAN_BGR = (104, 117, 123)
 # The order the reference indexes with `randrange(5)`.
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
-# Landmark order after a horizontal flip: the eyes (0, 1) and the mouth corners (3, 4) trade places.
-MIRROR_ORDER = np.array([1, 0, 2, 4, 3])
 
 _MEAN_SCALAR = (float(MEAN_BGR[0]), float(MEAN_BGR[1]), float(MEAN_BGR[2]), 0.0)
 _IDENTITY_LUT = np.arange(256, dtype=np.uint8)
-
-
-@dataclasses.dataclass
-class Augmented:
-  """One augmented training sample, ready to be batched (NHWC).
-
-  Coordinates are normalised by the side of the square image they refer to before the final resize
-  (RetinaFace convention; SCRFD's is the output size, the same square), so they lie in [0, 1].
-  """
-  image: np.ndarray           # [S, S, 3] float32, normalised for the network
-  boxes: np.ndarray           # [N, 4] float32 x1 y1 x2 y2 in [0, 1]
-  landmarks: np.ndarray       # [N, 5, 2] float32, [0, 1] after a crop (zeros where not valid)
-  landmark_valid: np.ndarray  # [N] bool
-  ignore: np.ndarray          # [N] bool
-  dropped: dict[str, int]     # faces removed, by reason
-  crop_failed: bool = False   # no acceptable crop: the whole image was padded to a square
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +219,7 @@ def apply_retinaface_plan(image_bgr_uint8: np.ndarray, sample: Sample, plan: Ret
     pixels = distort(pixels, plan.photometric)
   if plan.mirror:
     pixels = cv2.flip(pixels, 1)
-    boxes, points = mirror_faces(boxes, points, side)
+    boxes, points = mirror_faces(boxes, points, side, FIVE_POINTS.flip_order)
   if plan.roi is None:
     pad_x = side - width
     pixels = cv2.copyMakeBorder(pixels, 0, side - height, pad_x if plan.mirror else 0,
@@ -247,18 +231,6 @@ def apply_retinaface_plan(image_bgr_uint8: np.ndarray, sample: Sample, plan: Ret
   return Augmented(image=out, boxes=(boxes / side).astype(np.float32),
                    landmarks=(points / side).astype(np.float32), landmark_valid=valid, ignore=ignore,
                    dropped=dropped, crop_failed=plan.roi is None)
-
-
-def mirror_faces(boxes: np.ndarray, landmarks: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
-  """Boxes [N, 4] and landmarks [N, 5, 2] of an image [., width] flipped left-right.
-
-  x' = width - x (pixel edges, so pixel i goes to width - 1 - i); x1 and x2 trade places, and so do
-  the eyes and the mouth corners, since "left" means the image's left.
-  """
-  boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
-  landmarks = landmarks[:, MIRROR_ORDER].copy()
-  landmarks[..., 0] = width - landmarks[..., 0]
-  return boxes, landmarks
 
 
 def distort(image: np.ndarray, p: Photometric) -> np.ndarray:
@@ -285,33 +257,6 @@ def distort(image: np.ndarray, p: Photometric) -> np.ndarray:
   if not p.contrast_first and p.contrast is not None:
     image = cv2.LUT(image, _affine_lut(p.contrast, 0.0), dst=image)
   return image
-
-
-# --- helpers ---------------------------------------------------------------------------------------------------
-
-def check_bgr_uint8(image: np.ndarray) -> None:
-  if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-    raise ValueError('augmentation expects an [H, W, 3] uint8 BGR image, got '
-                     f'{getattr(image, "shape", None)} {getattr(image, "dtype", type(image).__name__)}')
-
-
-def usable_faces(sample: Sample):
-  """(boxes [N, 4] f64, landmarks [N, 5, 2] f64, landmark_valid, ignore, dropped counts) without degenerate boxes.
-
-  FIX: the reference keeps zero-size boxes (and they reach log(0) in the loss); written with `>` so
-  that NaN coordinates count as degenerate too.
-  """
-  boxes = sample.boxes.astype(np.float64)
-  ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & np.isfinite(boxes).all(axis=1)
-  dropped = {'degenerate': int((~ok).sum()), 'cropped_out': 0, 'too_small': 0, 'outside_image': 0}
-  return (boxes[ok], sample.landmarks[ok].astype(np.float64), sample.landmark_valid[ok].copy(),
-          sample.ignore[ok].copy(), dropped)
-
-
-def centres_inside(boxes: np.ndarray, roi: np.ndarray) -> np.ndarray:
-  """Box centres strictly inside the roi (x1 < cx < x2 and y1 < cy < y2); broadcasts over leading axes."""
-  centres = (boxes[..., :2] + boxes[..., 2:]) / 2
-  return ((roi[..., :2] < centres) & (centres < roi[..., 2:])).all(axis=-1)
 
 
 def _affine_lut(alpha: float, beta: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Training checkpoints: orbax, atomic, the last N kept, exact resume.
+"""Saving and resuming the train state: orbax, atomic, the last N kept, exact resume.
 
 A workdir holds
 
@@ -6,6 +6,7 @@ A workdir holds
     <workdir>/checkpoints/<step>/progress  JSON: step, seed, what the loader has consumed, counters
     <workdir>/jaxface.json                 the arch and dataset, so `load_detector(workdir)` and
                                            `evaluate.py --ckpt workdir` take the latest weights
+                                           (read for inference by `jaxface.saved_models`)
 
 Orbax writes each step into a temporary folder and renames it when complete, so a save killed
 half-way never becomes the latest checkpoint. Nothing random lives outside the checkpoint: every
@@ -18,10 +19,9 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
-CHECKPOINTS_DIR = 'checkpoints'
+from jaxface.saved_models import CHECKPOINTS_DIR
 
 
 def manager(workdir: str, *, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
@@ -47,41 +47,3 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
   out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                   progress=ocp.args.JsonRestore()))
   return out['state'], out['progress']
-
-
-def _read(workdir: str, step: int | None, *, with_state: bool) -> tuple[dict[str, Any], int]:
-  """`({'progress'[, 'state']}, step)` of the latest (or `step`'s) finished checkpoint, read-only.
-
-  The state comes back as numpy arrays, whatever devices saved it (restored without a target,
-  orbax insists on the saving run's device layout: a checkpoint from 4 GPUs would not load on
-  a laptop)."""
-  directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
-  mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                              item_handlers={'state': ocp.StandardCheckpointHandler(),
-                                             'progress': ocp.JsonCheckpointHandler()})
-  try:
-    if step is None:
-      step = mgr.latest_step()
-      if step is None:
-        raise FileNotFoundError(f'{directory} holds no finished checkpoint')
-    elif step not in mgr.all_steps():
-      raise FileNotFoundError(f'{directory} has no checkpoint for step {step}; it has {sorted(mgr.all_steps())}')
-    items = {'progress': ocp.args.JsonRestore()}
-    if with_state:
-      saved = mgr.item_metadata(step)['state']  # shapes and dtypes
-      items['state'] = ocp.args.StandardRestore(jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), saved))
-    return mgr.restore(step, args=ocp.args.Composite(**items)), step
-  finally:
-    mgr.close()
-
-
-def latest_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
-  """`({'params', 'batch_stats'}, step)` of a workdir's latest (or `step`'s) checkpoint, as
-  numpy, without knowing the optimizer (for inference and evaluation), on any devices."""
-  out, step = _read(workdir, step, with_state=True)
-  return {'params': out['state']['params'], 'batch_stats': out['state']['batch_stats']}, step
-
-
-def read_progress(workdir: str, step: int | None = None) -> dict[str, Any]:
-  """The progress record (step, seed, counters) of the latest (or `step`'s) checkpoint."""
-  return _read(workdir, step, with_state=False)[0]['progress']

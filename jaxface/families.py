@@ -1,0 +1,31 @@
+"""The name table: architecture names -> their family. The one shared module that imports family
+packages; CLIs and checkpoint metadata (`jaxface.json`'s `arch`) resolve names here.
+
+A new family is a package with a `FAMILY` (see `jaxface.family`) and one entry in `FAMILIES`.
+"""
+from __future__ import annotations
+
+from jaxface import retinaface
+from jaxface.family import Family
+
+FAMILIES: tuple[Family, ...] = (retinaface.FAMILY,)
+
+ARCHS: tuple[str, ...] = tuple(sorted(a for f in FAMILIES for a in f.specs))
+# What `python -m jaxface.convert` takes: every detector, and the ImageNet backbones training starts from.
+WEIGHT_NAMES: tuple[str, ...] = ARCHS + tuple(sorted(b for f in FAMILIES for b in f.backbones))
+
+
+def family_of(arch: str) -> Family:
+  """The family of a detector arch; an unknown name lists the valid ones."""
+  for family in FAMILIES:
+    if arch in family.specs:
+      return family
+  raise ValueError(f'unknown arch {arch!r}; valid: {", ".join(ARCHS)}')
+
+
+def weights_family(name: str) -> Family:
+  """The family whose converter takes `name`: a detector arch or an ImageNet backbone."""
+  for family in FAMILIES:
+    if name in family.specs or name in family.backbones:
+      return family
+  raise ValueError(f'unknown arch {name!r}; valid: {", ".join(WEIGHT_NAMES)}')
