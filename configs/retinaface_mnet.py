@@ -13,7 +13,7 @@ WIDER FACE is read from `data.wider_root` (default `$WIDER_ROOT`) in RetinaFace'
 `ground_truth/*.mat`.
 
 `:demo` trains the same model from scratch on the built-in synthetic faces at 256 px, evaluating
-AP on the synthetic val set as it goes (README: the time it takes and the AP it reaches).
+AP on the synthetic val set as it goes (docs/training.md: the time it takes and the AP it reaches).
 """
 import os
 

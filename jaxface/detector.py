@@ -34,7 +34,7 @@ class Detector:
     variables: `{'params', 'batch_stats'}`.
     bucketed: False (default) runs each image at its exact size, compiling once per size
       (results equal the reference); True pads each side up to `inference.BUCKETS` so mixed
-      sizes share a handful of programs (see README for the measured effect on detections).
+      sizes share a handful of programs (docs/inference.md: the measured effect on detections).
     batch_size: images per compiled call in `detect_batch` (the last batch is padded).
   """
 
