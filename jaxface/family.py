@@ -13,7 +13,7 @@ Worked example: how `Detector` runs any family on a batch of uint8 BGR images `[
     outputs = model.apply(variables, family.preprocess(images))   # the head outputs, a tuple
     scores = family.scores(outputs)                      # [B, A] face probability per anchor
     cells = family.anchor_cells(spec, H, W)              # [A, 3] (row, col, stride), static numpy
-    boxes, points = family.decode(spec, one_image_outputs, idx, (H, W))  # K candidates, in pixels
+    boxes, points = family.decode(spec, one_image_outputs, idx, (H, W), image_hw=(h, w))  # K candidates, px
     # ... then NMS with family.nms_threshold / family.nms_plus_one (jaxface.nms)
 
 Adding a family is a new package that fills these fields and one entry in `jaxface.families`
@@ -68,8 +68,9 @@ class Family:
     static numpy: an anchor exists in an unpadded `h x w` image iff row < ceil(h/stride) and
     column < ceil(w/stride), so padded batches mask the anchors the image itself would not have.
   scores: head outputs `[B, ...]` -> `[B, A]` face probability.
-  decode: `(spec, one image's head outputs, idx [K], (H, W)) -> (boxes [K,4] xyxy px,
-    keypoints [K,P,2] px)` for the candidate anchors `idx` of an `H x W` input.
+  decode: `(spec, one image's head outputs, idx [K], input_hw=(H, W), image_hw=[2]) ->
+    (boxes [K,4] xyxy px, keypoints [K,P,2] px)` for the candidate anchors `idx` of an `H x W`
+    input; `image_hw` (traced) is the unpadded image inside it, for families that clip to it.
   nms_threshold, nms_plus_one: the reference's test-time NMS (IoU threshold; `+1`-pixel areas).
   test_scale: the evaluation protocol its published WIDER numbers use ('original', 'mxnet', 'vga').
   convert_torch: `(state dict with numpy values, name, source file) -> variables`, strict; `name`

@@ -52,9 +52,10 @@ def cells_inside(cells, height, width):
   return (cells[..., 0] < -(-height // step)) & (cells[..., 1] < -(-width // step))
 
 
-def detections_one(idx, scores, ok, outputs, decode, nms_threshold, nms_plus_one: bool, max_detections: int):
+def detections_one(idx, scores, ok, outputs, image_hw, decode, nms_threshold, nms_plus_one: bool,
+                   max_detections: int):
   """One image: decode the candidate rows `idx [K]` and run NMS -> fixed-size detections in pixels."""
-  boxes, points = decode(outputs, idx)
+  boxes, points = decode(outputs, idx, image_hw=image_hw)
   keep, valid = nms(boxes, scores[idx], ok[idx], nms_threshold, max_detections, nms_plus_one)
   return dict(boxes=jnp.where(valid[:, None], boxes[keep], 0.0),
               scores=jnp.where(valid, scores[idx][keep], 0.0),
@@ -66,14 +67,15 @@ def detections_one(idx, scores, ok, outputs, decode, nms_threshold, nms_plus_one
 NMS_TIERS = (512, 2048)
 
 
-def postprocess(outputs, scores, anchor_ok, decode, conf_threshold, nms_threshold, *, nms_plus_one: bool,
+def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nms_threshold, *, nms_plus_one: bool,
                 cfg: PostprocessConfig):
   """A batch of head outputs -> fixed-size detections in pixels.
 
   Args:
     outputs: the family's head outputs, a tuple of `[B, A, ...]`.
     scores `[B,A]`: face probabilities; anchor_ok `[B,A]` bool: anchors that exist.
-    decode: `(one image's outputs, idx [K]) -> (boxes [K,4] px, keypoints [K,P,2] px)`.
+    image_hw `[B,2]`: each image's unpadded (h, w) in input pixels, for the family's clipping.
+    decode: `(one image's outputs, idx [K], *, image_hw) -> (boxes [K,4] px, keypoints [K,P,2] px)`.
   Returns:
     dict of boxes `[B,M,4]` xyxy, scores `[B,M]`, landmarks `[B,M,P,2]`, valid `[B,M]`; rows in
     descending score.
@@ -92,7 +94,7 @@ def postprocess(outputs, scores, anchor_ok, decode, conf_threshold, nms_threshol
       idx = jax.vmap(lambda s, o: select_candidates(s, o, k, most > k))(scores, ok)
       one = functools.partial(detections_one, decode=decode, nms_threshold=nms_threshold,
                               nms_plus_one=nms_plus_one, max_detections=cfg.max_detections)
-      return jax.vmap(one)(idx, scores, ok, outputs)
+      return jax.vmap(one)(idx, scores, ok, outputs, image_hw)
     return run
 
   branch = jnp.minimum(jnp.searchsorted(jnp.asarray(tiers), most), len(tiers) - 1)
@@ -117,7 +119,7 @@ def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = Postpro
     outputs = model.apply(variables, family.preprocess(images))
     anchor_ok = jax.vmap(lambda s: cells_inside(cells, s[0], s[1]))(sizes)  # [B, A]
     decode = functools.partial(family.decode, spec, input_hw=(h, w))
-    return postprocess(outputs, family.scores(outputs), anchor_ok, decode, conf_threshold, nms_threshold,
+    return postprocess(outputs, family.scores(outputs), anchor_ok, sizes, decode, conf_threshold, nms_threshold,
                        nms_plus_one=plus_one, cfg=cfg)
 
   detect.traces = traces

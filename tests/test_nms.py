@@ -24,13 +24,14 @@ from jaxface.retinaface import FAMILY, box_coding
 def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, nms_threshold, pixel_wh, cfg):
   """One image's `[A,4]`, `[A,2]`, `[A,10]` head outputs through the shared post-processing, with
   RetinaFace's softmax scores and a decode against arbitrary `priors [A,4]` (normalised cxcywh)."""
-  def decode(outputs, idx):
+  def decode(outputs, idx, image_hw):
     loc, _, landm = outputs
     p = priors[idx]
     boxes = box_coding.decode_boxes(loc[idx], p) * jnp.concatenate([pixel_wh, pixel_wh])[None, :]
     return boxes, box_coding.decode_landmarks(landm[idx], p) * pixel_wh[None, None, :]
   outputs = (bbox[None], logits[None], landmarks[None])
-  out = inference.postprocess(outputs, FAMILY.scores(outputs), prior_ok[None], decode, conf_threshold,
+  image_hw = jnp.asarray([[pixel_wh[1], pixel_wh[0]]], jnp.int32)
+  out = inference.postprocess(outputs, FAMILY.scores(outputs), prior_ok[None], image_hw, decode, conf_threshold,
                               nms_threshold, nms_plus_one=True, cfg=cfg)
   return jax.tree_util.tree_map(lambda a: a[0], out)
 

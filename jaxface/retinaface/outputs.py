@@ -26,9 +26,11 @@ def scores(outputs) -> jax.Array:
   return jax.nn.softmax(outputs[1].astype(jnp.float32), axis=-1)[..., 1]
 
 
-def decode(spec, outputs, idx: jax.Array, input_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+def decode(spec, outputs, idx: jax.Array, input_hw: tuple[int, int], image_hw: jax.Array | None = None
+           ) -> tuple[jax.Array, jax.Array]:
   """One image's `(bbox [A,4], logits [A,2], landmarks [A,10])` at the priors `idx [K]` of an
-  `H x W` input -> `(boxes [K,4] xyxy px, landmarks [K,5,2] px)`."""
+  `H x W` input -> `(boxes [K,4] xyxy px, landmarks [K,5,2] px)`. Nothing is clipped to the image
+  (`image_hw` unused), as in the reference."""
   h, w = input_hw
   priors = jnp.asarray(anchors.prior_grid(h, w, spec.min_sizes, spec.steps)[0])[idx]
   bbox, _, landmarks = outputs
