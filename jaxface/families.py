@@ -11,6 +11,8 @@ from jaxface.family import Family
 FAMILIES: tuple[Family, ...] = (retinaface.FAMILY,)
 
 ARCHS: tuple[str, ...] = tuple(sorted(a for f in FAMILIES for a in f.specs))
+if len(set(ARCHS)) != len(ARCHS):
+  raise ImportError(f'two families name the same arch: {sorted(a for a in ARCHS if ARCHS.count(a) > 1)}')
 # What `python -m jaxface.convert` takes: every detector, and the ImageNet backbones training starts from.
 WEIGHT_NAMES: tuple[str, ...] = ARCHS + tuple(sorted(b for f in FAMILIES for b in f.backbones))
 
