@@ -1,7 +1,12 @@
 """Saved models, as `load_detector` and `evaluate.py` read them: `DIR/jaxface.json` (what it is)
-plus the weights, either `DIR/variables` (orbax; from the converter) or `DIR/checkpoints/<step>`
-(a `train.py` workdir, written by `jaxface.training.checkpointing`: the latest finished step is
-used). Reading needs nothing from training.
+plus the weights, one of
+  - `DIR/variables/`: orbax, from the converter;
+  - `DIR/variables.msgpack`: the same tree in one flax msgpack file, for models kept under version
+    control (the package's default model): orbax names its files at random and stamps the time, so
+    two saves of equal arrays differ; this file is byte-for-byte the same each time;
+  - `DIR/checkpoints/<step>`: a `train.py` workdir, written by `jaxface.training.checkpointing`
+    (the latest finished step is used).
+Reading needs nothing from training.
 
 The JSON names the architecture so `load_detector(DIR)` needs no `arch`, and records where the
 weights came from (and, for trained models, the dataset they were trained on).
@@ -12,22 +17,33 @@ import json
 import os
 from typing import Any
 
+import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 META_FILE = 'jaxface.json'
 VARIABLES_DIR = 'variables'
+VARIABLES_FILE = 'variables.msgpack'  # the single-file, reproducible twin of VARIABLES_DIR
 CHECKPOINTS_DIR = 'checkpoints'  # a train.py workdir's orbax steps
 
 
-def save_variables(directory: str, variables: Any, meta: dict[str, Any]) -> None:
-  """Writes `variables` (a pytree of arrays) and `meta` (must hold 'arch'); overwrites."""
+def save_variables(directory: str, variables: Any, meta: dict[str, Any], *, single_file: bool = False) -> None:
+  """Writes `variables` (a pytree of arrays) and `meta` (must hold 'arch'); overwrites.
+
+  single_file: write `variables.msgpack` instead of orbax's `variables/`, so that equal arrays
+    give equal bytes (a file to commit).
+  """
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.join(directory, VARIABLES_DIR), jax.tree_util.tree_map(np.asarray, variables), force=True)
-  ckptr.wait_until_finished()
+  variables = jax.tree_util.tree_map(np.asarray, variables)
+  if single_file:
+    with open(os.path.join(directory, VARIABLES_FILE), 'wb') as f:
+      f.write(flax.serialization.msgpack_serialize(variables))  # dict keys sorted: deterministic
+  else:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(directory, VARIABLES_DIR), variables, force=True)
+    ckptr.wait_until_finished()
   with open(os.path.join(directory, META_FILE), 'w') as f:
     json.dump(meta, f, indent=2, sort_keys=True)
 
@@ -49,14 +65,22 @@ def load_variables(directory: str, step: int | None = None) -> tuple[Any, dict[s
   (default: the latest)."""
   directory = os.path.abspath(directory)
   meta = read_meta(directory)
-  if not os.path.isdir(os.path.join(directory, VARIABLES_DIR)):  # a training workdir
+  has_dir = os.path.isdir(os.path.join(directory, VARIABLES_DIR))
+  has_file = os.path.isfile(os.path.join(directory, VARIABLES_FILE))
+  if has_dir and has_file:
+    raise ValueError(f'{directory} holds both {VARIABLES_DIR}/ and {VARIABLES_FILE}: which weights are meant?')
+  if not (has_dir or has_file):  # a training workdir
     if not os.path.isdir(os.path.join(directory, CHECKPOINTS_DIR)):
-      raise FileNotFoundError(f'{directory} has {META_FILE} but neither {VARIABLES_DIR}/ (converted weights) '
-                              f'nor {CHECKPOINTS_DIR}/ (a training run)')
+      raise FileNotFoundError(f'{directory} has {META_FILE} but no weights: neither {VARIABLES_DIR}/ nor '
+                              f'{VARIABLES_FILE} (converted) nor {CHECKPOINTS_DIR}/ (a training run)')
     variables, step = latest_variables(directory, step)
     return jax.tree_util.tree_map(np.asarray, variables), dict(meta, step=step)
+  weights = VARIABLES_DIR + '/' if has_dir else VARIABLES_FILE
   if step is not None:
-    raise ValueError(f'{directory} holds converted weights ({VARIABLES_DIR}/), not training checkpoints: no step to pick')
+    raise ValueError(f'{directory} holds converted weights ({weights}), not training checkpoints: no step to pick')
+  if has_file:
+    with open(os.path.join(directory, VARIABLES_FILE), 'rb') as f:
+      return flax.serialization.msgpack_restore(f.read()), meta
   variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
   return jax.tree_util.tree_map(np.asarray, variables), meta
 
