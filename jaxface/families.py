@@ -13,6 +13,9 @@ FAMILIES: tuple[Family, ...] = (retinaface.FAMILY,)
 ARCHS: tuple[str, ...] = tuple(sorted(a for f in FAMILIES for a in f.specs))
 if len(set(ARCHS)) != len(ARCHS):
   raise ImportError(f'two families name the same arch: {sorted(a for a in ARCHS if ARCHS.count(a) > 1)}')
+# What `load_detector()` and `python -m jaxface.detect` without --weights run: a saved-model directory
+# shipped as package data.
+DEFAULT_MODEL: str = retinaface.DEFAULT_MODEL
 # What `python -m jaxface.convert` takes: every detector, and the ImageNet backbones training starts from.
 WEIGHT_NAMES: tuple[str, ...] = ARCHS + tuple(sorted(b for f in FAMILIES for b in f.backbones))
 

@@ -4,11 +4,13 @@ Everything that is RetinaFace's lives in this package: the model and its backbon
 `mobilenet`, `resnet`), the prior table (`anchors`), the matched box coding pair (`box_coding`),
 the IoU matcher and MultiBox loss (`matching`, `loss`), the training augmentation (`augment`), the
 input and output conventions (`outputs`) and the checkpoint key map (`weights`). `FAMILY` hands
-them to shared code (`jaxface.family`).
+them to shared code (`jaxface.family`). `DEFAULT_MODEL` is the released 2019 MobileNet-0.25 as
+package data (see `tools/make_default_model.py`).
 """
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -18,7 +20,11 @@ from jaxface.keypoints import FIVE_POINTS
 from jaxface.retinaface import augment, loss, outputs, weights
 from jaxface.retinaface.model import SPECS, RetinaFace, RetinaFaceSpec, neck_and_heads
 
-__all__ = ['FAMILY', 'SPECS', 'RetinaFace', 'RetinaFaceSpec', 'neck_and_heads', 'retinaface']
+__all__ = ['DEFAULT_MODEL', 'FAMILY', 'SPECS', 'RetinaFace', 'RetinaFaceSpec', 'neck_and_heads', 'retinaface']
+
+# biubug6's first release (MIT), converted by tools/make_default_model.py: a saved-model directory
+# (`jaxface.saved_models`) that needs nothing downloaded.
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'default_model')
 
 
 def retinaface(arch: str, **kwargs) -> RetinaFace:
