@@ -1,8 +1,11 @@
 """Detect faces in images and folders; write one JSON record per image (JSON Lines).
 
 CLI:
-  python -m jaxface.detect --weights FILE_OR_DIR [--arch ARCH] [--conf 0.5] [--nms 0.4]
+  python -m jaxface.detect [--weights FILE_OR_DIR [--arch ARCH]] [--conf 0.5] [--nms 0.4]
       --json OUT.jsonl [--save-vis DIR] [--bucketed] IMAGES_OR_FOLDERS...
+
+Without --weights the model shipped with the package runs (retinaface_mnet_relu: RetinaFace
+MobileNet-0.25, biubug6/Pytorch_Retinaface's first release), so nothing needs downloading.
 
 A bad image (missing, unreadable, not an image) is reported on stderr by name and skipped; the
 others are still processed, and the exit status is 1 when any input failed.
@@ -21,7 +24,7 @@ import cv2
 
 from jaxface.detector import Detections, load_detector
 from jaxface.images import ImageReadError, read_image
-from jaxface.families import ARCHS
+from jaxface.families import ARCHS, DEFAULT_MODEL
 from jaxface.visualize import draw_detections
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
@@ -144,8 +147,9 @@ def _fraction(name: str, low_open: bool):
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m jaxface.detect', description=__doc__.split('\n')[0],
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--weights', required=True,
-                      help='PyTorch checkpoint (.pth/.tar; needs --arch) or a converted checkpoint directory')
+  parser.add_argument('--weights',
+                      help='PyTorch checkpoint (.pth/.tar; needs --arch) or a converted checkpoint directory '
+                           '(default: the model shipped with jaxface, retinaface_mnet_relu, nothing to download)')
   parser.add_argument('--arch', help=f'one of: {", ".join(ARCHS)} (optional for a converted directory)')
   parser.add_argument('--conf', type=_fraction('--conf', low_open=False), default=0.5,
                       help='keep faces scoring above this (default: %(default)s)')
@@ -171,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f'unknown --arch {args.arch!r}; valid: {", ".join(ARCHS)}')
   if args.batch_size < 1:
     parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
-  if not os.path.exists(args.weights):
+  if args.weights is not None and not os.path.exists(args.weights):
     print(f'error: no such checkpoint file or directory: {args.weights}', file=sys.stderr)
     return 1
-  if not os.path.isdir(args.weights) and args.arch is None:
+  if args.weights is not None and not os.path.isdir(args.weights) and args.arch is None:
     parser.error(f'{args.weights} is a PyTorch file: pass --arch (one of {", ".join(ARCHS)})')
 
   paths, errors = find_images(args.inputs)
@@ -197,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
       detector = load_detector(args.weights, arch=args.arch, bucketed=args.bucketed, batch_size=args.batch_size)
     except (OSError, ValueError, TypeError, EOFError) as e:
-      message = str(e) if args.weights in str(e) else f'{args.weights}: {e}'
+      name = args.weights or DEFAULT_MODEL
+      message = str(e) if name in str(e) else f'{name}: {e}'
       print(f'error: cannot load the weights: {message}', file=sys.stderr)
       return 1
     start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The user-facing detector: `load_detector(path, arch=...)` -> `Detector.detect(img)`."""
+"""The user-facing detector: `load_detector(path, arch=...)` -> `Detector.detect(img)`;
+`load_detector()` runs the default model shipped with the package."""
 from __future__ import annotations
 
 import dataclasses
@@ -102,12 +103,16 @@ class Detector:
     return tuple(o[0] for o in jax.device_get(self._forward(self.variables, image[None])))
 
 
-def load_detector(path: str, arch: str | None = None, *, step: int | None = None, **kwargs) -> Detector:
+def load_detector(path: str | None = None, arch: str | None = None, *, step: int | None = None,
+                  **kwargs) -> Detector:
   """A `Detector` from a PyTorch checkpoint (`.pth`/`.tar`, needs `arch`), a converted directory,
-  or a `train.py` workdir (its latest checkpoint, or `step`'s).
+  or a `train.py` workdir (its latest checkpoint, or `step`'s); with no `path`, the default model
+  (`families.DEFAULT_MODEL`, package data: nothing to download).
 
   Keyword arguments go to `Detector` (`bucketed`, `batch_size`, `postprocess`).
   """
+  if path is None:
+    path = families.DEFAULT_MODEL
   if arch is not None:
     families.family_of(arch)  # an unknown name lists the valid ones
   if os.path.isdir(path):
