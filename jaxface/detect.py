@@ -2,7 +2,9 @@
 
 CLI:
   python -m jaxface.detect [--weights FILE_OR_DIR [--arch ARCH]] [--conf 0.5] [--nms 0.4]
-      --json OUT.jsonl [--save-vis DIR] [--bucketed] IMAGES_OR_FOLDERS...
+      [--json OUT.jsonl] [--save-vis DIR] [--bucketed] IMAGES_OR_FOLDERS...
+
+Without --json the records go to stdout (and the progress lines to stderr).
 
 Without --weights the model shipped with the package runs (retinaface_mnet_relu: RetinaFace
 MobileNet-0.25, biubug6/Pytorch_Retinaface's first release), so nothing needs downloading.
@@ -155,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help='keep faces scoring above this (default: %(default)s)')
   parser.add_argument('--nms', type=_fraction('--nms', low_open=True), default=None,
                       help="NMS IoU threshold (default: the model's, 0.4 for RetinaFace)")
-  parser.add_argument('--json', required=True, metavar='OUT.jsonl',
-                      help="output file, JSON Lines (one object per image); '-' for stdout")
+  parser.add_argument('--json', default='-', metavar='OUT.jsonl',
+                      help="output file, JSON Lines (one object per image); '-' for stdout (default)")
   parser.add_argument('--save-vis', metavar='DIR',
                       help='also write each image with its faces drawn to DIR (same file name)')
   parser.add_argument('--bucketed', action='store_true',

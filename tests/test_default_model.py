@@ -170,3 +170,14 @@ def test_installed_package_runs_without_shared(tmp_path):
   [record] = [json.loads(line) for line in (run / 'out.jsonl').read_text().splitlines()]
   assert (record['image'], record['height'], record['width']) == ('gray.png', 96, 128)
   assert isinstance(record['faces'], list)
+
+
+def test_the_first_command_needs_no_flags(capsys):
+  """`python -m jaxface.detect photo.jpg`: the shipped model, the records on stdout."""
+  from jaxface import detect
+  image = shared_file('data', 'images', '1face.png')
+  assert detect.main([str(image)]) == 0
+  captured = capsys.readouterr()
+  [record] = [json.loads(line) for line in captured.out.splitlines()]
+  assert record['image'] == str(image) and len(record['faces']) == 1
+  assert '1 image, 1 face' in captured.err
