@@ -43,6 +43,9 @@ __all__ = [
     "BASE_SIZES",
     "ANCHOR_SCALES",
     "NUM_KPS",
+    "REG_MAX",
+    "PIXEL_MEAN",
+    "PIXEL_STD",
     "MobileNetV1Spec",
     "ResNetV1eSpec",
     "SCRFDConfig",
@@ -58,8 +61,10 @@ __all__ = [
     "PAFPN",
     "Scale",
     "Integral",
+    "head_key",
     "SCRFDHead",
     "SCRFD",
+    "LevelOutputs",
     "split_outputs",
     "randomize_",
     "fold_batchnorm",
@@ -394,13 +399,13 @@ class ResNetV1e(nn.Module):
 # ----- PAFPN (section 2.4) -----------------------------------------------------------------------
 
 
-def upsample_nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def upsample_nearest(x: torch.Tensor, size) -> torch.Tensor:
     """PyTorch's legacy nearest resize to ``size``: output row i reads input row floor(i * in / out).
 
     For an exact 2x this is a repeat; for e.g. 5 -> 9 rows it reads rows 0,0,1,1,2,2,3,3,4 (not what
     a half-pixel-centre resize such as ``jax.image.resize('nearest')`` reads).
     """
-    return F.interpolate(x, size=tuple(int(s) for s in size), mode="nearest")
+    return F.interpolate(x, size=size, mode="nearest")
 
 
 class PAFPN(nn.Module):
@@ -568,7 +573,7 @@ def randomize_(
     model: SCRFD,
     seed: int,
     calib_input: torch.Tensor | None = None,
-    calib_hw: tuple[int, int] = (160, 160),
+    calib_hw: tuple[int, int] = (128, 128),
     calib_batch: int = 2,
 ) -> SCRFD:
     """Fill ``model`` in place with seeded random values; returns it in eval mode.
@@ -579,9 +584,15 @@ def randomize_(
     * biases: neck U(-0.1, 0.1); stride_cls U(-1.5, 0.5) (a spread of sigmoid scores, mostly low, as
       in a trained detector); stride_reg U(0.5, 2.5) (mostly positive distances, so decoded boxes
       are mostly proper boxes); stride_kps U(-1, 1);
-    * BN and GN affine: weight U(0.5, 1.5), bias U(-0.2, 0.2); the BN that closes a residual branch
-      (bn2 / bn3) gets weight U(0.1, 0.4) instead, standing in for the reference's zero-initialised
-      last BN, so 17 stacked bottlenecks add up to O(1), not O(sqrt(17));
+    * BN and GN affine: weight U(0.5, 1.5), bias U(0.25, 1.25). The positive bias matters: after a
+      mean-removing norm, a ReLU fed zero-mean inputs passes a perturbation's full energy /2 but only
+      0.34 of the signal's variance (its mean, 0.16, is removed again by the next norm), so
+      float32 rounding differences grow ~1.2x per layer (~200x through 500m_bnkps, 5e-4 at the
+      outputs); with ReLU inputs mostly positive the growth is ~1.04x, and about 1 in 4 ReLU
+      inputs is still negative, so the ReLUs are still exercised;
+    * the BN that closes a residual branch (bn2 / bn3): weight U(0.1, 0.4), bias U(-0.1, 0.1),
+      standing in for the reference's zero-initialised last BN, so 17 stacked bottlenecks add up to
+      O(1) rather than O(sqrt(17)) and do not pile up a mean;
     * Scale: U(0.5, 1.5).
 
     BN statistics are then *calibrated*: one eval-mode forward pass on ``calib_input`` (default:
@@ -591,7 +602,9 @@ def randomize_(
     predecessors. Activations therefore stay O(1) even in 34g, while the running statistics differ
     from the batch statistics (an implementation that normalised with batch statistics, or ignored
     running_mean / running_var, would not match). The default calibration gives the stride-32 BNs
-    2 x 5 x 5 = 50 samples per channel.
+    2 x 4 x 4 = 32 samples per channel; statistics from a small input describe a large one less
+    well (zero padding weighs more at 4 x 4), which the positive norm biases make harmless: folded
+    and unfolded 640 x 640 outputs of every config still agree to 4e-5.
     """
     gen = torch.Generator().manual_seed(int(seed))
 
@@ -621,9 +634,12 @@ def randomize_(
             if m.bias is not None:
                 m.bias.copy_(uniform(m.bias.shape, *bias_ranges.get(id(m), (-0.1, 0.1))))
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            lo, hi = (0.1, 0.4) if id(m) in residual_bns else (0.5, 1.5)
-            m.weight.copy_(uniform(m.weight.shape, lo, hi))
-            m.bias.copy_(uniform(m.bias.shape, -0.2, 0.2))
+            if id(m) in residual_bns:
+                m.weight.copy_(uniform(m.weight.shape, 0.1, 0.4))
+                m.bias.copy_(uniform(m.bias.shape, -0.1, 0.1))
+            else:
+                m.weight.copy_(uniform(m.weight.shape, 0.5, 1.5))
+                m.bias.copy_(uniform(m.bias.shape, 0.25, 1.25))
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.zero_()
                 m.running_var.fill_(1.0)
@@ -835,7 +851,10 @@ def nms_mmcv(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, ties: str = 
         w = np.maximum(0.0, np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0]))
         h = np.maximum(0.0, np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1]))
         inter = w * h
-        iou = inter / (areas[i] + areas[rest] - inter)
+        union = areas[i] + areas[rest] - inter
+        # A pair with zero union (two zero-area boxes, e.g. clipped flat) never suppresses: the CUDA
+        # test inter > thr * union is 0 > 0, the CPU one compares NaN.
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         suppressed[rest[iou > iou_thr if ties == "keep" else iou >= iou_thr]] = True
     return np.asarray(keep, np.int64)
 
@@ -844,7 +863,8 @@ def nms_plus_one(dets: np.ndarray, thresh: float) -> list[int]:
     """insightface scrfd.py's NMS on [N, 5] (x1, y1, x2, y2, score): areas and overlaps with +1,
     keep IoU <= thresh, in the dtype of ``dets`` (float32 in scrfd.py). Equal scores: the stable
     ascending argsort reversed (the later index first), which is what numpy's default sort does on
-    small arrays; numpy leaves the order of ties unspecified in general."""
+    small arrays; numpy leaves the order of ties unspecified in general. Degenerate (inverted) boxes
+    are not special-cased, as in scrfd.py: a NaN overlap fails ``<= thresh``, so that box is dropped."""
     x1, y1, x2, y2, scores = (dets[:, k] for k in range(5))
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = np.argsort(scores, kind="stable")[::-1]
@@ -859,7 +879,8 @@ def nms_plus_one(dets: np.ndarray, thresh: float) -> list[int]:
         w = np.maximum(0.0, xx2 - xx1 + 1)
         h = np.maximum(0.0, yy2 - yy1 + 1)
         inter = w * h
-        ovr = inter / (areas[i] + areas[order[1:]] - inter)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ovr = inter / (areas[i] + areas[order[1:]] - inter)
         order = order[np.where(ovr <= thresh)[0] + 1]
     return keep
 
