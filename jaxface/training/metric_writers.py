@@ -1,95 +1,30 @@
-"""Scalar metrics to a JSONL file and to TensorBoard event files, with no TensorFlow or protobuf.
+"""Scalar metrics to a JSONL file and to TensorBoard event files (through tensorboardX).
 
-The event file is written by hand (TFRecord framing, the few protobuf fields of `Event` that
-scalars need) so that training depends only on numpy and the standard library. Every write is
-flushed to the OS, so a crashed run loses at most the record being written (an OS crash can lose
-more: there is no fsync per step).
+The event file is written by tensorboardX (TFRecord framing, CRC32C, the `Event` and `Summary`
+protos) rather than by hand: that encoding is TensorBoard's format to keep up with, not ours. We
+use its synchronous `EventsWriter`, not `SummaryWriter`: the latter queues events for a background
+thread and flushes every `flush_secs`, so a killed run would lose its last minutes of metrics and
+`flush()` would not even drain the queue. Here each `write_scalars` is one `Event` holding every
+scalar of the step, on disk (flushed and fsynced by tensorboardX) before the call returns, as the
+JSONL line is (flushed to the OS). Logging happens every `log_every_steps`, so the fsync is cheap.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
-import socket
-import struct
 import time
 from typing import Mapping
 
-_MASK64 = (1 << 64) - 1
+from tensorboardX import summary as tbx_summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2, summary_pb2
 
-
-def _crc32c_table() -> list[int]:
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    table.append(crc)
-  return table
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), the checksum of TFRecord framing; a table loop is fast enough here."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-  """TFRecord's masked CRC: a CRC of data that itself holds CRCs is then not a fixed point."""
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-  n &= _MASK64  # Negative int64s are their 64-bit two's complement, as protobuf writes them.
-  out = bytearray()
-  while n > 0x7F:
-    out.append((n & 0x7F) | 0x80)
-    n >>= 7
-  out.append(n)
-  return bytes(out)
-
-
-def _bytes_field(field: int, data: bytes) -> bytes:
-  return _varint(field << 3 | 2) + _varint(len(data)) + data
-
-
-def _float32(value: float) -> bytes:
-  try:
-    return struct.pack('<f', value)
-  except OverflowError:  # Finite but beyond float32: TensorBoard would show it as +-inf anyway.
-    return struct.pack('<f', math.copysign(math.inf, value))
-
-
-def _event(wall_time: float, step: int = 0, file_version: str = '', summary: bytes = b'') -> bytes:
-  """An `Event` proto: wall_time (1, double), step (2, int64), file_version (3), summary (5)."""
-  out = _varint(1 << 3 | 1) + struct.pack('<d', wall_time)
-  if step:
-    out += _varint(2 << 3 | 0) + _varint(step)
-  if file_version:
-    out += _bytes_field(3, file_version.encode())
-  if summary:
-    out += _bytes_field(5, summary)
-  return out
-
-
-def _summary(scalars: Mapping[str, float]) -> bytes:
-  """A `Summary` proto: one Value {tag (1), simple_value (2, float32)} per scalar."""
-  return b''.join(
-      _bytes_field(1, _bytes_field(1, tag.encode()) + _varint(2 << 3 | 5) + _float32(float(v)))
-      for tag, v in scalars.items())
-
-
-def tfrecord(data: bytes) -> bytes:
-  """One TFRecord: length, its masked CRC, the data, the data's masked CRC."""
-  length = struct.pack('<Q', len(data))
-  return (length + struct.pack('<I', masked_crc32c(length)) + data
-          + struct.pack('<I', masked_crc32c(data)))
+# tensorboardX names a file by the second, the host and a suffix and opens it with 'wb': the pid
+# and a per-process counter in the suffix keep two writers in one second (a quick resume into the
+# same workdir, tests) from truncating each other's file.
+_writer_ids = itertools.count()
 
 
 class TensorBoardWriter:
@@ -101,26 +36,21 @@ class TensorBoardWriter:
 
   def __init__(self, logdir: str | os.PathLike):
     os.makedirs(logdir, exist_ok=True)
-    now = time.time()
-    name = f'events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}'
-    self.path = os.path.join(logdir, name + '.jaxface')
-    suffix = 0
-    while os.path.exists(self.path):  # Two writers in one process and second: never overwrite.
-      suffix += 1
-      self.path = os.path.join(logdir, f'{name}.{suffix}.jaxface')
-    self._file = open(self.path, 'xb')
-    self._write(_event(now, file_version='brain.Event:2'))
+    self._writer = EventsWriter(os.path.join(os.fspath(logdir), 'events'),
+                                filename_suffix=f'.{os.getpid()}.{next(_writer_ids)}.jaxface')
+    self._writer.flush()  # the file-version event: TensorBoard sees the run as soon as it starts
 
-  def _write(self, event: bytes) -> None:
-    self._file.write(tfrecord(event))
-    self._file.flush()
-
-  def scalars(self, step: int, scalars: Mapping[str, float], wall_time: float | None = None):
-    wall_time = time.time() if wall_time is None else wall_time
-    self._write(_event(wall_time, int(step), summary=_summary(scalars)))
+  def scalars(self, step: int, scalars: Mapping[str, float], wall_time: float | None = None) -> None:
+    """One event at `step` with every scalar: a float32 `simple_value` each, as TensorBoard keeps
+    them, under the tag tensorboardX makes of the name (characters outside `[-/\\w.]` become `_`)."""
+    values = [v for tag, x in scalars.items() for v in tbx_summary.scalar(tag, float(x)).value]
+    event = event_pb2.Event(wall_time=time.time() if wall_time is None else wall_time, step=int(step),
+                            summary=summary_pb2.Summary(value=values))
+    self._writer.write_event(event)
+    self._writer.flush()
 
   def close(self) -> None:
-    self._file.close()
+    self._writer.close()
 
 
 def _json_number(value: float) -> float | str:
