@@ -122,6 +122,36 @@ def test_resume_after_kill_continues_exactly(straight_run, tmp_path):
   assert moved > 1e-4
 
 
+def test_sigterm_checkpoints_stops_and_resumes_exactly(straight_run, tmp_path, monkeypatch, capsys):
+  """SIGTERM before step 2 (periodic saves off): the loop saves step 2, stops and returns; the
+  same command resumes there and ends with the straight run's weights."""
+  _, straight, _ = straight_run
+  workdir = str(tmp_path / 'preempted')
+  clean = loop.pipeline.batches
+
+  def batches(*args, start_step=0, **kwargs):
+    for step, batch in enumerate(clean(*args, start_step=start_step, **kwargs), start=start_step + 1):
+      if step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(loop.pipeline, 'batches', batches)
+  handler = signal.getsignal(signal.SIGTERM)
+  state = loop.train(tiny_config(checkpoint_every_steps=1000), workdir)
+  assert signal.getsignal(signal.SIGTERM) == handler  # the loop's handler was removed
+  assert int(state.step) == 2 and 'stopped at step 2 on request' in capsys.readouterr().out
+  mgr = checkpoints.manager(workdir, keep=3)
+  assert mgr.all_steps() == [2]
+  mgr.close()
+
+  monkeypatch.setattr(loop.pipeline, 'batches', clean)
+  resumed = loop.train(tiny_config(), workdir)
+  assert int(resumed.step) == STEPS
+  for name in ('params', 'batch_stats', 'opt_state'):  # the same program in this process: equal
+    for a, b in zip(_leaves(getattr(straight, name)), _leaves(getattr(resumed, name))):
+      np.testing.assert_array_equal(b, a, err_msg=name)
+
+
 def test_workdir_is_a_detector_checkpoint(straight_run):
   workdir, state, _ = straight_run
   meta = saved_models.read_meta(workdir)

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from typing import Any, Callable
 
@@ -32,6 +31,7 @@ from jaxface.torch_pickle import load_torch_file
 from jaxface.training import checkpointing, datasets, parallel
 from jaxface.training import train_step as ts
 from jaxface.training.metric_writers import MetricWriters
+from jaxface.training.preemption import Preemption
 
 
 class NonFiniteLoss(RuntimeError):
@@ -55,29 +55,6 @@ def initial_variables(family: Family, model, config, rng) -> dict[str, Any]:
       variables[col] = dict(variables[col], **subtrees)
     print(f'backbone initialised from {path}', flush=True)
   return variables
-
-
-class _Preemption:
-  """SIGTERM (and a first Ctrl-C) ask the loop to checkpoint and stop at the next step."""
-
-  def __init__(self):
-    self.requested = False
-    self._old = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    if self.requested and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C: stop now
-    self.requested = True
-    logging.warning('signal %d: checkpointing and stopping after this step', signum)
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
 
 
 def train(config, workdir: str, *, family: Family | None = None,
@@ -163,7 +140,7 @@ def train(config, workdir: str, *, family: Family | None = None,
   batches = None
   try:
     batches = pipeline.batches(source, augment, loader_cfg, start_step=start, num_steps=total_steps - start)
-    with _Preemption() as preempt:
+    with Preemption() as preempt:
       for batch in batches:
         try:
           run_state, metrics = step_fn(run_state, to_device(batch))
@@ -183,7 +160,8 @@ def train(config, workdir: str, *, family: Family | None = None,
           _log(pending, family.training.loss_terms, step, total_steps, per_epoch, schedule,
                window_images / max(now - window_start, 1e-9), progress, batch, writers, say)
           pending, window_start, window_images = [], time.time(), 0
-        if step % config.checkpoint_every_steps == 0 or step == total_steps or preempt.requested:
+        stop = preempt.should_stop(step)  # collective: every process stops at the same step
+        if step % config.checkpoint_every_steps == 0 or step == total_steps or stop:
           guard.check(keep_last=0)  # a checkpoint never claims a step whose update failed unnoticed
           checkpointing.save(mgr, step, global_state(run_state), progress)
           guard.last_saved = step
@@ -192,7 +170,7 @@ def train(config, workdir: str, *, family: Family | None = None,
         if evaluator is not None and (step % config.eval_every_steps == 0 or step == total_steps):
           ap = evaluator(host_state((run_state.params, run_state.batch_stats)), step, say)
           writers.write_scalars(step, {f'val/ap_{k}': v for k, v in ap.items()})
-        if preempt.requested:
+        if stop:
           mgr.wait_until_finished()
           say(f'stopped at step {step} on request; checkpoint saved in {workdir} (run the same command to resume)')
           break
