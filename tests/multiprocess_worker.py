@@ -14,6 +14,10 @@ of each batch and takes part in the checkpoint saves to the shared WORKDIR. The 
 state and optimizer run in float64 here, for the reason of train_parity.py: in float32 the same
 loop on 1, 2 or 4 devices of one process already ends 1.6e-3 apart in loss after 4 steps (near-tie
 negatives flip in the mining), more than between two processes and one.
+
+`--sigterm-at-step K` (with `--loop`) sends SIGTERM to the last process only, as its loader hands
+over the batch of step K: the preemption test's one signalled host. The worker then prints the
+step `loop.train` returned at, which every process must agree on.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ def main() -> int:
   parser.add_argument('--local-devices', type=int, default=1)
   parser.add_argument('--out', help='npz path; {process} is replaced by the process index')
   parser.add_argument('--loop', metavar='WORKDIR', help="run loop.train into WORKDIR instead of two bare steps")
+  parser.add_argument('--sigterm-at-step', type=int, help='with --loop: SIGTERM to the last process before this step')
+  parser.add_argument('--checkpoint-every-steps', type=int, help="with --loop: the config's value instead of the tiny one")
   parser.add_argument('--init-timeout', type=int, default=120, help='seconds to wait for the other processes')
   args = parser.parse_args()
   tp.configure(args.local_devices)
@@ -59,10 +65,14 @@ def main() -> int:
     from jaxface.training import loop
     from test_train_loop import tiny_config
     family = _float64_loop(loop)
+    if args.sigterm_at_step and jax.process_index() == jax.process_count() - 1:
+      _sigterm_before_step(loop, args.sigterm_at_step, me)
+    overrides = {'data.max_faces': 2}  # the loader drops some faces, and the logged drop counts are checked
+    if args.checkpoint_every_steps:
+      overrides['checkpoint_every_steps'] = args.checkpoint_every_steps  # host-side: the same compiled step
     t = time.perf_counter()
-    # At most 2 faces per image: the loader drops some, and the logged drop counts are checked.
-    loop.train(tiny_config(learning_rate=LOOP_LR, **{'data.max_faces': 2}), args.loop, family=family)
-    print(f'{me}: loop.train finished in {time.perf_counter() - t:.1f} s', flush=True)
+    state = loop.train(tiny_config(learning_rate=LOOP_LR, **overrides), args.loop, family=family)
+    print(f'{me}: loop.train returned at step {int(state.step)} in {time.perf_counter() - t:.1f} s', flush=True)
     return 0
 
   t = time.perf_counter()
@@ -78,6 +88,22 @@ def main() -> int:
   print(f'{me}: {len(batches)} steps on {jax.device_count()} devices, host batch '
         f'{len(batches[0]["image"])}, in {time.perf_counter() - t:.1f} s', flush=True)
   return 0
+
+
+def _sigterm_before_step(loop, signal_step: int, me: str) -> None:
+  """This process sends itself SIGTERM as the loader yields the batch of step `signal_step` (the
+  first step is 1), before the step runs: what a scheduler preempting this one host does."""
+  import os
+  import signal
+  batches = loop.pipeline.batches
+
+  def signalling(*args, start_step=0, **kwargs):
+    for step, batch in enumerate(batches(*args, start_step=start_step, **kwargs), start=start_step + 1):
+      if step == signal_step:
+        print(f'{me}: sending SIGTERM to myself before step {step}', flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+  loop.pipeline.batches = signalling
 
 
 def _float64_loop(loop):

@@ -8,11 +8,14 @@ train_parity.py). Then train.py's loop (`loop.train`) run by two processes into 
 directory must finish, log once and leave a checkpoint that loads on one device, with the
 weights and logged losses of a one-process run over as many devices (4) within 1e-5 (float64
 too). The three processes of each test run at once; each one's output is shown on failure.
+Last, SIGTERM to one of two processes must stop both at one step, with one collective save, and
+the resumed run must end with the straight two-process run's weights.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -40,7 +43,8 @@ def _free_port() -> int:
 
 def _env(**extra: str) -> dict[str, str]:
   """This environment without distributed settings or proxies (gRPC would send the coordinator
-  traffic to a proxy and hang), plus `extra`."""
+  traffic to a proxy and hang), plus `extra`. Without conftest's compilation cache too: a two-process
+  step loaded from it aborts in gloo ("collective mismatch", jax 0.10.2), so each run compiles."""
   env = {k: v for k, v in os.environ.items()
          if not k.startswith('JAX_') and '_proxy' not in k.lower()}
   env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / 'tests')])
@@ -48,9 +52,12 @@ def _env(**extra: str) -> dict[str, str]:
   return env
 
 
-def _run_workers(tmp_path, reference_devices: int, worker_args) -> None:
+def _run_workers(tmp_path, reference_devices: int | None, worker_args, timeout_s: float = TIMEOUT_S
+                 ) -> dict[str, str]:
+  """Runs the two processes (2 devices each) and, unless `reference_devices` is None, the
+  one-process reference over that many devices, all at once; returns each one's output."""
   address = f'127.0.0.1:{_free_port()}'
-  jobs = {'reference': (reference_devices, _env())}
+  jobs = {'reference': (reference_devices, _env())} if reference_devices else {}
   for i in range(2):
     jobs[f'process {i}'] = (2, _env(JAX_COORDINATOR_ADDRESS=address, JAX_COORDINATOR_BIND_ADDRESS=address,
                                     JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i)))
@@ -63,7 +70,7 @@ def _run_workers(tmp_path, reference_devices: int, worker_args) -> None:
                                    stdout=logs[name], stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
   try:
     for p in procs.values():
-      p.wait(timeout=max(1.0, TIMEOUT_S - (time.perf_counter() - t)))
+      p.wait(timeout=max(1.0, timeout_s - (time.perf_counter() - t)))
   except subprocess.TimeoutExpired:
     pass
   finally:
@@ -72,17 +79,19 @@ def _run_workers(tmp_path, reference_devices: int, worker_args) -> None:
         p.kill()
         p.wait()
 
-  def output(name: str) -> str:
-    logs[name].seek(0)
-    lines = [l for l in logs[name].read().splitlines() if 'Warning' not in l and 'warnings.warn' not in l]
-    logs[name].close()
-    return f'--- {name} (exit {procs[name].returncode}) ---\n' + '\n'.join(lines[-40:])
-  report = '\n'.join(output(name) for name in procs)
+  outputs = {}
+  for name, log in logs.items():
+    log.seek(0)
+    outputs[name] = '\n'.join(l for l in log.read().splitlines() if 'Warning' not in l and 'warnings.warn' not in l)
+    log.close()
+  report = '\n'.join(f'--- {name} (exit {procs[name].returncode}) ---\n' + '\n'.join(out.splitlines()[-40:])
+                     for name, out in outputs.items())
   print(report)
   if any(p.returncode == SKIP for p in procs.values()):
     pytest.skip('this platform cannot run collectives between CPU processes:\n' + report)
   assert all(p.returncode == 0 for p in procs.values()), (
-      f'a worker failed or ran past {TIMEOUT_S} s (exit -9 = killed)\n{report}')
+      f'a worker failed or ran past {timeout_s} s (exit -9 = killed)\n{report}')
+  return outputs
 
 
 def test_two_processes_match_one(tmp_path):
@@ -96,12 +105,22 @@ def test_two_processes_match_one(tmp_path):
   assert ok, 'two processes differ from one by more than 1e-5 (worst differences printed above)'
 
 
-def test_two_process_training_loop_matches_one(tmp_path):
-  """train.py's loop over two processes (2 devices each, one shared work directory) finishes, logs
-  once, and checkpoints the weights of a one-process run over 4 devices (float64, see the worker)."""
+@pytest.fixture(scope='module')
+def loop_runs(tmp_path_factory):
+  """The tiny loop straight through, by one process over 4 devices (`one/`) and by two processes
+  over 2 devices each (`two/`), in the returned folder."""
+  tmp_path = tmp_path_factory.mktemp('loop_runs')
+
   def args(name):
     return ['--loop', str(tmp_path / ('one' if name == 'reference' else 'two'))]
   _run_workers(tmp_path, 4, args)
+  return tmp_path
+
+
+def test_two_process_training_loop_matches_one(loop_runs):
+  """train.py's loop over two processes (2 devices each, one shared work directory) finishes, logs
+  once, and checkpoints the weights of a one-process run over 4 devices (float64, see the worker)."""
+  tmp_path = loop_runs
   one, one_step = saved_models.latest_variables(str(tmp_path / 'one'))
   two, two_step = saved_models.latest_variables(str(tmp_path / 'two'))
   assert one_step == two_step == STEPS
@@ -119,3 +138,46 @@ def test_two_process_training_loop_matches_one(tmp_path):
   assert any(v for m in logs[0] for k, v in m.items() if k.startswith('data/')), 'no drops: the check above is vacuous'
   assert tp.compare('two-process loop vs one process', ref, got), (
       'two processes differ from one by more than 1e-5 (worst differences printed above)')
+
+
+def _variables(workdir) -> tuple[dict[str, np.ndarray], int]:
+  tree, step = saved_models.latest_variables(str(workdir))
+  return {f'{group}{jax.tree_util.keystr(path)}': np.asarray(leaf) for group in ('params', 'batch_stats')
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree[group])}, step
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(loop_runs, tmp_path):
+  """A scheduler preempting one host: process 1 alone gets SIGTERM. Both processes must stop at the
+  same step and save it together (the run's only save: periodic saves are off), then exit 0; run
+  again, they resume there and end with the straight two-process run's weights. Were the stop
+  decided per process, process 1 would leave the collective step or save while process 0 stepped
+  on: an error or a hang, here a failure within the timeout.
+
+  The signal comes before step 1, while the step compiles: JAX's notifier polls for SIGTERM every
+  second, and the stop is the step after the last one any process had reached when the processes
+  exchanged their steps (here 1). Sent later, fast steps could carry the stop past the run's end."""
+  workdir = tmp_path / 'preempted'
+  (tmp_path / 'first').mkdir()
+  outputs = _run_workers(tmp_path / 'first', None, lambda name: [
+      '--loop', str(workdir), '--sigterm-at-step', '1', '--checkpoint-every-steps', '1000'], timeout_s=300)
+  assert 'sending SIGTERM' in outputs['process 1'] and 'sending SIGTERM' not in outputs['process 0']
+  returned = [re.findall(r'loop.train returned at step (\d+)', outputs[f'process {i}']) for i in range(2)]
+  assert returned[0] == returned[1] and len(returned[0]) == 1, returned
+  stopped = int(returned[0][0])
+  assert 1 <= stopped < STEPS
+  # Process 0 was never signalled: the notice reached it, and it stopped on request too.
+  assert f'stopped at step {stopped} on request' in outputs['process 0']
+  mgr = checkpointing.manager(str(workdir), keep=3)
+  saved = sorted(mgr.all_steps())
+  mgr.close()
+  assert saved == [stopped]
+
+  (tmp_path / 'resumed').mkdir()
+  outputs = _run_workers(tmp_path / 'resumed', None, lambda name: ['--loop', str(workdir)])
+  assert f'resumed from {workdir} at step {stopped}' in outputs['process 0']
+  resumed, resumed_step = _variables(workdir)
+  straight, straight_step = _variables(loop_runs / 'two')
+  assert resumed_step == straight_step == STEPS
+  assert resumed.keys() == straight.keys()
+  for key in straight:  # the same programs on the same batches: equal, not close
+    np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
