@@ -28,6 +28,7 @@ import pytest
 import train_parity as tp
 from conftest import REPO_ROOT
 from jaxface import saved_models
+from jaxface.training import checkpointing
 from test_train_loop import STEPS
 
 WORKER = REPO_ROOT / 'tests' / 'multiprocess_worker.py'
