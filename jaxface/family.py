@@ -59,8 +59,9 @@ class Family:
 
   name: the family's name ('retinaface').
   specs: released architecture name -> typed, frozen model description.
-  build: `(spec, *, dtype=float32, bn_axis_name=None) -> flax module`; the module maps the network
-    input `[B,H,W,3]` to the head outputs (`Outputs`), `train=True` for BN batch statistics.
+  build: `(spec, *, dtype=float32, bn_axis_name=None, cpu_kernels=None) -> flax module`; the module
+    maps the network input `[B,H,W,3]` to the head outputs (`Outputs`), `train=True` for BN batch
+    statistics; `cpu_kernels` picks its layers' path (`jaxface.cpu_kernels.enabled`).
   preprocess: uint8 BGR `[B,H,W,3]` -> the network input (mean, std, channel order).
   pad_bgr: the uint8 BGR colour that preprocesses to zero; padded pixels hold it.
   keypoints: the keypoints per face and their mirror order.

@@ -1,40 +1,125 @@
-"""Building blocks with PyTorch semantics, named like the reference's `nn.Sequential`s.
+"""Layers with PyTorch's semantics, NHWC, named like the reference's `nn.Sequential`s.
+
+Each layer reads as the PyTorch it mirrors: `Conv` is `nn.Conv2d` with explicit padding (PyTorch's
+symmetric `k//2` unless told otherwise, so that BlazeFace's `F.pad(x, (1, 2, 1, 2))` before a 5x5
+valid conv is `Conv(24, 5, 2, padding=((1, 2), (1, 2)))`), `BatchNorm` is `nn.BatchNorm2d`,
+`GroupNorm` is `nn.GroupNorm`, `upsample_nearest` is `F.interpolate(mode='nearest')`.
 
 The reference blocks are `Sequential(conv, bn, act)`, so their checkpoint keys are
 `<block>.0.weight`, `<block>.1.running_mean`, ... Naming the Flax submodules `'0'`, `'1'`,
 ... makes the Flax parameter path joined by dots equal the checkpoint key, and the
 converter a mechanical rename (see `jaxface.convert`).
 
-All tensors are NHWC.
+XLA:CPU runs some of these ops slowly as written; `jaxface.cpu_kernels` restates them (same
+arithmetic, hand-written backward passes). The static field `cpu_kernels` of `Conv`, `BatchNorm`
+and the models picks the path: True the restatements, False the plain code below, None (default)
+the restatements iff JAX's default backend is the CPU and the environment does not set
+`JAXFACE_CPU_KERNELS=0` (`cpu_kernels.enabled`). GPUs and TPUs run the plain code.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface import cpu_kernels as kernels
+
 Dtype = Any
+# `((top, bottom), (left, right))`; an int p is PyTorch's `padding=p`, None its `padding=k//2`.
+Padding = Union[int, tuple[tuple[int, int], tuple[int, int]], None]
+
+
+def explicit_padding(padding: Padding, kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """`padding` as `((top, bottom), (left, right))`; None is PyTorch's symmetric `k//2` (for an even
+  total, Flax's 'SAME' puts the extra pixel at the end instead)."""
+  if padding is None:
+    padding = kernel_size // 2
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  (top, bottom), (left, right) = padding
+  return ((top, bottom), (left, right))
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = None, groups: int = 1) -> jax.Array:
+  """`F.conv2d(x, w, stride=stride, padding=padding, groups=groups)` in NHWC / HWIO:
+  `[N,H,W,I] x [k,k,I/groups,O] -> [N,H',W',O]`."""
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), explicit_padding(padding, kernel.shape[0]),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+
+
+def leaky_relu(x: jax.Array, slope: float | None) -> jax.Array:
+  """`nn.LeakyReLU(slope)`; slope 0 is `nn.ReLU`, None no activation (the reference's `conv_bn_no_relu`).
+
+  The gradient is torch's: 1 where `x > 0`, else the slope (0 at 0 for ReLU too).
+  """
+  if slope is None:
+    return x
+  if slope == 0:
+    return jax.nn.relu(x)
+  return jnp.where(x > 0, x, slope * x)
+
+
+def _per_channel(v: jax.Array, ndim: int) -> jax.Array:
+  """A `[C]` vector shaped to broadcast over `[..., C]` (the tests make implicit rank promotion an error)."""
+  return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+class Conv(nn.Module):
+  """`nn.Conv2d(I, features, kernel_size, stride, padding, groups=groups, bias=use_bias)`.
+
+  Kernel `[k, k, I/groups, O]` (Flax's layout; the converter transposes torch's `[O, I/groups, k, k]`).
+  `padding`: None is PyTorch's `k//2`, an int p its `padding=p`, `((top, bottom), (left, right))`
+  anything else. `groups=I` is a depthwise conv.
+  """
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  padding: Padding = None
+  groups: int = 1
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def variables_for(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
+    """`(kernel [k,k,I/groups,O], bias [O] or None)` in `dtype`; lets siblings run as one conv."""
+    k = self.kernel_size
+    shape = (k, k, in_features // self.groups, self.features)
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), shape, jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+    return kernel.astype(self.dtype), None if bias is None else bias.astype(self.dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel, bias = self.variables_for(x.shape[-1])
+    x = x.astype(self.dtype)
+    padding = explicit_padding(self.padding, self.kernel_size)
+    if kernels.enabled(self.cpu_kernels) and kernels.lowers(kernel.shape, padding, self.groups):
+      y = kernels.conv2d(x, kernel, self.stride, self.groups)
+    else:
+      y = conv2d(x, kernel, self.stride, padding, self.groups)
+    return y if bias is None else y + _per_channel(bias, y.ndim)
 
 
 class BatchNorm(nn.Module):
   """`nn.BatchNorm2d` over the last axis; variables `scale`, `bias` and `batch_stats` `mean`, `var`.
 
-  As torch: normalise with the batch's biased variance, but keep the *unbiased* one
-  (`var * n / (n - 1)`) in the running average, `momentum` being torch's weight of the new
-  batch. Flax's `nn.BatchNorm` keeps the biased variance, a 1/n drift from the reference per
-  update (measured in tests/test_grad_parity.py). With `axis_name` (pmap), the statistics are
-  averaged over the devices; under `jit` with a sharded batch they are global already.
-  Calling it with `slope` applies the block's LeakyReLU too (`batch_norm_act`).
+  As torch: in training, normalise with the batch's biased variance but keep the *unbiased* one
+  (`var * n / (n - 1)`) in the running average, `momentum` being torch's weight of the new batch.
+  Flax's `nn.BatchNorm` keeps the biased variance, a 1/n drift from the reference per update
+  (measured in tests/test_grad_parity.py). With `axis_name` (pmap), the statistics are over the
+  devices' batches together; under `jit` with a sharded batch they are global already. The
+  activation after it is the caller's (`bn_act` lets the CPU kernels run both as one op).
   """
   use_running_average: bool = True
   momentum: float = 0.1
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
   axis_name: str | None = None
+  cpu_kernels: bool | None = None
 
   @nn.compact
   def variables_for(self, c: int):
@@ -45,436 +130,88 @@ class BatchNorm(nn.Module):
     running_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
     return scale, bias, running_mean, running_var
 
-  def __call__(self, x: jax.Array, slope: float | None = None) -> jax.Array:  # [..., C] -> [..., C]
-    """BN, then LeakyReLU(`slope`) (0: ReLU; None: no activation)."""
-    return batch_norm_act(x, [(self, x.shape[-1], slope)])
+  def __call__(self, x: jax.Array) -> jax.Array:  # [..., C] -> [..., C]
+    if kernels.enabled(self.cpu_kernels):
+      return kernels.batch_norm_act(x, [(self, x.shape[-1], None)])
+    scale, bias, running_mean, running_var = self.variables_for(x.shape[-1])
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      # The statistics in >= float32 (bfloat16 sums of a feature map lose too much).
+      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+      axes = tuple(range(x.ndim - 1))
+      mean = self._over_devices(jnp.mean(xf, axes))
+      var = self._over_devices(jnp.mean(jnp.square(xf - _per_channel(mean, x.ndim)), axes))
+      self.track(running_mean, running_var, mean, self.unbiased(var, x.size // x.shape[-1]))
+    mul = scale * jax.lax.rsqrt(var + self.epsilon)
+    per_channel = lambda v: _per_channel(v.astype(self.dtype), x.ndim)
+    return (x.astype(self.dtype) - per_channel(mean)) * per_channel(mul) + per_channel(bias)
+
+  def _over_devices(self, v: jax.Array) -> jax.Array:
+    """A per-device statistic averaged over `axis_name`'s devices (equal batches: the global one)."""
+    return v if self.axis_name is None else jax.lax.pmean(v, self.axis_name)
+
+  def unbiased(self, var: jax.Array, count: int) -> jax.Array:
+    """The batch's biased variance over `count` values per channel (per device) made unbiased,
+    `var * n / (n - 1)`, n counting every device's values."""
+    n = count if self.axis_name is None else count * jax.lax.psum(1, self.axis_name)
+    return var * (n / max(n - 1, 1))
+
+  def track(self, running_mean, running_var, mean: jax.Array, unbiased_var: jax.Array):
+    """torch's running averages after a training batch: the batch's statistics weigh `momentum`."""
+    if self.is_initializing():
+      return
+    running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean.astype(jnp.float32)
+    running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased_var.astype(jnp.float32)
 
 
-def _activate(z: jax.Array, slope) -> jax.Array:
-  """LeakyReLU with slope a float or per channel `[C]` (0: ReLU, 1 or None: identity).
-
-  Its derivative (in `_bn_act_train`'s backward) is torch's: 1 where `z > 0`, else the slope.
-  """
-  if slope is None:
-    return z
-  if isinstance(slope, float) and slope == 0:
-    return nn.relu(z)
-  return jnp.where(z > 0, z, _channels(slope, z.ndim) * z)
+def bn_act(norm: BatchNorm, x: jax.Array, slope: float | None) -> jax.Array:
+  """`leaky_relu(norm(x), slope)`: a BN and the activation after it, which the CPU kernels run as one
+  op (`cpu_kernels.batch_norm_act`, the input its only residual)."""
+  if kernels.enabled(norm.cpu_kernels):
+    return kernels.batch_norm_act(x, [(norm, x.shape[-1], slope)])
+  return leaky_relu(norm(x), slope)
 
 
-def _channels(v, ndim: int):
-  """A per-channel `[C]` vector (or a scalar) shaped to broadcast over `[..., C]`."""
-  return v if np.ndim(v) == 0 else v.reshape((1,) * (ndim - 1) + (-1,))
-
-
-def _channel_sums(values: Sequence[jax.Array]) -> list[jax.Array]:
-  """Per-channel sums `[C]` of several same-shape `[..., C]` arrays, on CPU in one pass.
-
-  XLA:CPU runs separate sums as separate loops over memory; one variadic reduce is one loop
-  that reads each input once. For `[N, H, W, C]` the rows `N*H` are split into up to 32 blocks
-  kept in the output (the loop's parallel axis) and each row's `W*C` values are kept too, so
-  the loop vectorises along contiguous memory; the few partial sums `[blocks, W*C]` are added
-  after. XLA fuses the inputs' producers into this loop: keep them cheap elementwise ops of
-  materialised arrays (BENCHMARKS.md, "Train step").
-  """
-  if not _on_cpu() or values[0].ndim != 4:
-    return [jnp.sum(v, tuple(range(v.ndim - 1))) for v in values]
-  n, h, w, c = values[0].shape
-  rows = n * h
-  blocks = max(d for d in range(1, 33) if rows % d == 0 and (rows // d >= 16 or d == 1))
-  parts = tuple(v.reshape(blocks, rows // blocks, w * c) for v in values)
-  zeros = tuple(jnp.zeros((), v.dtype) for v in parts)
-  sums = jax.lax.reduce(parts, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
-  return [s.reshape(blocks * w, c).sum(0) for s in sums]
-
-
-def _batch_stats(x: jax.Array, axis_name: str | None):
-  """Per-channel `(mean, biased var)` in >= float32, over the devices of `axis_name` too."""
-  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  n = x.size // x.shape[-1]
-  mean, mean_sq = (s / n for s in _channel_sums([xf, jax.lax.square(xf)]))
-  if axis_name is not None:
-    mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
-  return mean, jnp.maximum(mean_sq - mean * mean, 0.0)
-
-
-def _normalize(x, mean, var, scale, bias, epsilon, dtype):
-  mul = scale * jax.lax.rsqrt(var + epsilon)
-  per_channel = lambda v: _channels(v.astype(dtype), x.ndim)
-  return (x.astype(dtype) - per_channel(mean)) * per_channel(mul) + per_channel(bias)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _bn_act_train(x, scale, bias, slope, epsilon, axis_name, dtype):
-  """`(act(BN(x)), batch mean, batch var)` with batch statistics, and a backward in four loops.
-
-  Autodiff of the BN and activation formulas keeps the normalised values and the activation's
-  input as residuals and spreads the backward over more loops (BN's backward was the largest
-  item of the CPU step's profile, BENCHMARKS.md "Train step"). Here the only residual is `x`.
-  The backward writes `g`, the output gradient through the activation's derivative (its mask
-  recomputed from `x`), takes `sum(g)` and `sum(g * x)`, and forms the input gradient in one
-  elementwise pass.
-  """
-  return _bn_act_train_fwd(x, scale, bias, slope, epsilon, axis_name, dtype)[0]
-
-
-def _bn_act_train_fwd(x, scale, bias, slope, epsilon, axis_name, dtype):
-  mean, var = _batch_stats(x, axis_name)
-  y = _activate(_normalize(x, mean, var, scale, bias, epsilon, dtype), _slope_array(slope))
-  return (y, mean, var), (x, scale, bias, mean, var)
-
-
-def _bn_act_train_bwd(slope, epsilon, axis_name, dtype, residuals, cotangents):
-  x, scale, bias, mean, var = residuals
-  dy, dmean, dvar = cotangents
-  f = jnp.promote_types(x.dtype, jnp.float32)
-  rstd = jax.lax.rsqrt(var + epsilon)
-  mul = scale * rstd
-  per_channel = lambda v: _channels(v, x.ndim)
-  g = dy.astype(f)
-  xc = x.astype(f) - per_channel(mean)
-  s = _slope_array(slope)
-  if s is not None:
-    # The activation's derivative: 1 where z = xc * mul + bias > 0, else the slope. Written as a
-    # comparison, not the forward's formula for z: XLA would merge the two and keep z alive from
-    # the forward to here, written out in a loop of its own (measured in the step's profile).
-    g = jnp.where(xc * per_channel(mul) > per_channel(-bias), g, g * per_channel(s))
-  # Two plain sums: XLA:CPU gives them to its reduction library, which cannot take the select
-  # above, so `g` is written once. One variadic reduce (`_channel_sums`) would fuse `g` and
-  # its producer (often a depthwise input gradient, nine taps) into the reduction and again
-  # into `dx`'s loop: twice BN's backward time in the step. `sum(g * x)` rather than `sum(g * xc)`: the
-  # library cannot take the subtraction either, and `xc` would be written out too.
-  axes = tuple(range(x.ndim - 1))
-  sum_g = jnp.sum(g, axes)
-  sum_gxc = jnp.sum(g * x.astype(f), axes) - mean * sum_g
-  n = x.size // x.shape[-1]
-  # d mean / dx = 1/n and d var / dx = 2 (x - mean) / n, n over all devices; under pmap each
-  # device's cotangents of the shared statistics are summed (the transpose of pmean).
-  c1, c2 = dmean - mul * sum_g, 2 * dvar - mul * rstd * rstd * sum_gxc
-  if axis_name is not None:
-    c1, c2 = jax.lax.psum((c1, c2), axis_name)
-    n = n * jax.lax.psum(1, axis_name)
-  dx = g * per_channel(mul) + per_channel(c1 / n) + per_channel(c2 / n) * xc
-  return dx.astype(x.dtype), (sum_gxc * rstd).astype(scale.dtype), sum_g.astype(bias.dtype)
-
-
-_bn_act_train.defvjp(_bn_act_train_fwd, _bn_act_train_bwd)
-
-
-def _slope_array(slope):
-  """`slope` as `_activate` takes it: None, a float, or per channel (a static tuple) as an array."""
-  return np.asarray(slope, np.float32) if isinstance(slope, tuple) else slope
-
-
-def batch_norm_act(x: jax.Array, groups: Sequence[tuple[BatchNorm, int, float | None]]) -> jax.Array:
-  """BNs over consecutive channel groups of `x` `[..., C]`, each followed by its LeakyReLU.
-
-  `groups`: `(BatchNorm module, channels, slope or None)`, channels summing to C. Siblings whose
-  convs run as one (`fused_conv_bn`) normalise in one pass; BN is per channel, so this is the
-  same as normalising each part. Each module keeps its own variables and running statistics.
-  """
-  bn = groups[0][0]
-  variables = [m.variables_for(c) for m, c, _ in groups]
-  scale, bias = (jnp.concatenate([v[i] for v in variables]) for i in (0, 1))
-  slopes = {s for *_, s in groups}
-  if len(slopes) == 1:
-    slope = slopes.pop()
-    slope = None if slope is None else float(slope)
-  else:
-    slope = tuple(float(1.0 if s is None else s) for _, c, s in groups for _ in range(c))
-  if bn.use_running_average:
-    mean, var = (jnp.concatenate([v[i].value for v in variables]) for i in (2, 3))
-    return _activate(_normalize(x, mean, var, scale, bias, bn.epsilon, bn.dtype), _slope_array(slope))
-  y, mean, var = _bn_act_train(x, scale, bias, slope, bn.epsilon, bn.axis_name, bn.dtype)
-  if not bn.is_initializing():
-    n = x.size // x.shape[-1]
-    if bn.axis_name is not None:
-      n = n * jax.lax.psum(1, bn.axis_name)
-    unbiased = var * (n / max(n - 1, 1))
-    offsets = np.cumsum([0] + [c for _, c, _ in groups])
-    for (m, *_), (_, _, running_mean, running_var), a, b in zip(groups, variables, offsets[:-1], offsets[1:]):
-      running_mean.value = (1 - m.momentum) * running_mean.value + m.momentum * mean[a:b].astype(jnp.float32)
-      running_var.value = (1 - m.momentum) * running_var.value + m.momentum * unbiased[a:b].astype(jnp.float32)
-  return y
-
-
-def torch_bn(*, train: bool, dtype: Dtype = jnp.float32, axis_name: str | None = None) -> Callable[..., nn.Module]:
+def torch_bn(*, train: bool, dtype: Dtype = jnp.float32, axis_name: str | None = None,
+             cpu_kernels: bool | None = None) -> Callable[..., nn.Module]:
   """`nn.BatchNorm2d` defaults (eps 1e-5, momentum 0.1), in train or eval mode.
 
   `axis_name` synchronises batch statistics across devices in training (pmap/shard_map).
   """
-  return functools.partial(BatchNorm, use_running_average=not train, dtype=dtype, axis_name=axis_name)
+  return functools.partial(BatchNorm, use_running_average=not train, dtype=dtype, axis_name=axis_name,
+                           cpu_kernels=cpu_kernels)
 
 
-def pad_same(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
-  """Symmetric padding `k // 2` on both sides, as PyTorch's `padding=k//2` (Flax 'SAME' is asymmetric)."""
-  p = kernel // 2
-  return ((p, p), (p, p))
+class GroupNorm(nn.Module):
+  """`nn.GroupNorm(num_groups, C, eps=1e-5, affine)`, mmcv's `GN` in SCRFD's heads.
 
-
-def _on_cpu() -> bool:
-  return jax.default_backend() == 'cpu'
-
-
-def _taps(x: jax.Array, k: int, stride: int):
-  """The k*k shifted, strided views of `x` (padded by k//2) that a kxk conv sums over."""
-  p = k // 2
-  _, h, w, _ = x.shape
-  ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
-  # XLA:CPU writes the padded copy in its own loop (with `x`'s producer fused in once) and the
-  # consumers read its slices; zero-filled shifts instead would be fused into each tap, producer
-  # and all (BENCHMARKS.md, "Train step"). An optimization_barrier here changed nothing in the
-  # compiled programs (XLA:CPU removes it before fusion), so there is none.
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  for dy in range(k):
-    for dx in range(k):
-      yield dy, dx, xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
-
-
-NHWC = ('NHWC', 'HWIO', 'NHWC')
-
-
-def library_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1) -> jax.Array:
-  """`lax.conv_general_dilated` with PyTorch's `padding=k//2`: the arithmetic every lowering below matches."""
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad_same(kernel.shape[0]),
-                                      dimension_numbers=NHWC, feature_group_count=groups)
-
-
-# Convs this small (input channels, and taps = k*k*input channels) are cheaper on XLA:CPU as
-# fused multiply-adds than as a library convolution or matrix product (bench/bench_layers.py).
-MAX_FMA_CHANNELS = 8
-MAX_FMA_TAPS = 27
-
-
-def _fma_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  k, _, cin, _ = kernel.shape
-  return sum(t[..., c:c + 1] * kernel[dy, dx, c][None, None, None, :]
-             for dy, dx, t in _taps(x, k, stride) for c in range(cin))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _fma_conv_library_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """Forward as fused multiply-adds, gradients from the library conv's VJP (a 1x1's as 2-D products).
-
-  Autodiff of the multiply-adds would keep every broadcast tap (27 x the stem's output) as a
-  residual; saving `(x, kernel)` instead makes the training step ~12% faster
-  (BENCHMARKS.md, "Train step").
+  Per image, the channels fall into `num_groups` consecutive groups, each normalised over its
+  `H x W x C/G` values with their biased variance; then per channel `* weight + bias`. No running
+  statistics, so training and inference compute the same. The affine parameters are `scale` and
+  `bias`, the names `BatchNorm` uses, so the converter's rule (torch `weight` -> `scale`) maps
+  mmcv's keys too.
   """
-  return _fma_conv(x, kernel, stride)
-
-
-def _saving_inputs(forward):
-  """A custom_vjp forward rule: `forward`'s output, with only its inputs `(x, kernel)` as residuals."""
-  return lambda x, kernel, stride: (forward(x, kernel, stride), (x, kernel))
-
-
-def _fma_bwd(stride, residuals, g):
-  if residuals[1].shape[0] == 1:  # a 1x1: its gradients as 2-D products, see `_pointwise_cpu`
-    return _pointwise_bwd(stride, residuals, g)
-  return jax.vjp(lambda x, k: library_conv(x, k, stride), *residuals)[1](g)
-
-
-_fma_conv_library_grad.defvjp(_saving_inputs(_fma_conv), _fma_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _library_conv_tap_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """The library conv, its kernel gradient as one matrix product per tap (or per kernel row, see
-  `_kernel_grad_row_products`).
-
-  XLA:CPU computes a conv's filter gradient as a convolution that contracts over the batch
-  with the whole feature map as window, 1-3.6x slower than `k*k` products
-  `taps[N*Ho*Wo, I]^T @ g[N*Ho*Wo, O]` at RetinaFace's shapes (BENCHMARKS.md, "Train step").
-  """
-  return library_conv(x, kernel, stride)
-
-
-def _tap_bwd(stride, residuals, g):
-  x, kernel = residuals
-  dx = jax.vjp(lambda x_: library_conv(x_, kernel, stride), x)[1](g)[0]
-  k, _, cin, cout = kernel.shape
-  if stride == 1 and k == 3 and cin >= 32 and cin * cout <= 64 * 64:
-    return dx, _kernel_grad_row_products(x, g).reshape(kernel.shape)
-  m = g.shape[0] * g.shape[1] * g.shape[2]
-  g = g.reshape(m, g.shape[3])
-  dk = jnp.stack([jnp.dot(t.reshape(m, t.shape[3]).T, g) for _, _, t in _taps(x, k, stride)])
-  return dx, dk.reshape(kernel.shape)
-
-
-def _kernel_grad_row_products(x: jax.Array, g: jax.Array) -> jax.Array:
-  """A stride-1 3x3 conv's kernel gradient `[9, I, O]` as three products `[I, L] x [L, 3*O]`.
-
-  For <= 64x64 channels a per-tap product `[I, O]` is too small for XLA:CPU's matmul to split
-  over threads; grouping the three column taps of a kernel row makes it 3x wider, 1.3-1.7x
-  faster at RetinaFace's 64-channel shapes (BENCHMARKS.md, "Train step"). Rows: pixels of the
-  padded input `[N, H+2, W+2, I]`, flattened, and of the output gradient zero-padded at the
-  bottom and right to the same grid. Tap `(dy, dx)` pairs input row `j + dy*(W+2) + dx` with
-  gradient row `j`; gradient rows outside the image are zero, so pairs that wrap into the next
-  row or image add nothing and the sum is exact.
-  """
-  n, h, w, cin = x.shape
-  cout = g.shape[3]
-  rows, pitch = n * (h + 2) * (w + 2), w + 2
-  xf = jnp.pad(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(rows, cin), ((0, 2 * pitch), (0, 0)))
-  gf = jnp.pad(g, ((0, 0), (0, 2), (0, 2), (0, 0))).reshape(rows, cout)
-  ge = jnp.pad(gf, ((2, 0), (0, 0)))
-  g3 = jnp.concatenate([ge[2 - dx:2 - dx + rows] for dx in range(3)], axis=1)  # [L, 3*O]: g3[j, dx] = gf[j - dx]
-  per_row = [jnp.dot(xf[dy * pitch:dy * pitch + rows].T, g3) for dy in range(3)]  # [I, 3*O] each
-  return jnp.stack(per_row).reshape(3, cin, 3, cout).transpose(0, 2, 1, 3).reshape(9, cin, cout)
-
-
-_library_conv_tap_grad.defvjp(_saving_inputs(library_conv), _tap_bwd)
-
-
-def _pointwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  return jnp.dot(x[:, ::stride, ::stride] if stride > 1 else x, kernel[0, 0])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _pointwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """The 1x1 conv as a matrix product, with its gradients as 2-D products `[N*H*W, C]`.
-
-  Autodiff's kernel gradient contracts the 4-D input and output gradient over three axes; XLA:CPU
-  then writes the output gradient a second time, transposed, from inside its producer's loop (the
-  BN + activation backward), 5-10x slower than that loop (BENCHMARKS.md, "Train step").
-  """
-  return _pointwise(x, kernel, stride)
-
-
-def _pointwise_bwd(stride, residuals, g):
-  x, kernel = residuals
-  xs = x[:, ::stride, ::stride] if stride > 1 else x
-  m = g.shape[0] * g.shape[1] * g.shape[2]
-  g2 = g.reshape(m, g.shape[3])
-  dk = jnp.dot(xs.reshape(m, xs.shape[3]).T, g2)
-  dx = jnp.dot(g2, kernel[0, 0].T).reshape(xs.shape)
-  if stride > 1:
-    dx = jnp.zeros_like(x).at[:, ::stride, ::stride].set(dx)
-  return dx, dk.reshape(kernel.shape)
-
-
-_pointwise_cpu.defvjp(_saving_inputs(_pointwise), _pointwise_bwd)
-
-
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-  """`F.conv2d(x, w, stride, padding=k//2)` in NHWC/HWIO: `[N,H,W,I] x [k,k,I,O] -> [N,ceil(H/s),ceil(W/s),O]`.
-
-  The arithmetic is the same everywhere; the lowering is chosen per shape for XLA:CPU, where
-  the generic convolution is slow for a few shapes (measured in `bench/bench_layers.py` and
-  `bench/bench_train_step.py`): a conv with few taps (k*k*I <= 27 and I <= 8: the 3x3 stem over
-  3 channels, 1x1 convs over <= 8 channels) is a sum of broadcast multiply-adds that XLA fuses
-  with the following BN and activation into one loop (its gradient is the library conv's); a
-  1x1 conv is a matrix product, over every `stride`-th pixel when strided (a 1x1 conv has no
-  padding, so this is exact, and its weight gradient avoids XLA:CPU's slow strided-conv filter
-  gradient); other convs are the library's, on CPU the 3x3s with the kernel gradient as
-  matrix products per tap or, at stride 1 and 32-64 channels, per kernel row.
-  """
-  k, _, cin, _ = kernel.shape
-  if _on_cpu() and cin <= MAX_FMA_CHANNELS and k * k * cin <= MAX_FMA_TAPS:
-    return _fma_conv_library_grad(x, kernel, stride)
-  if k == 1:
-    return _pointwise_cpu(x, kernel, stride) if _on_cpu() else _pointwise(x, kernel, stride)
-  if _on_cpu() and k == 3:
-    return _library_conv_tap_grad(x, kernel, stride)
-  return library_conv(x, kernel, stride)
-
-
-class Conv(nn.Module):
-  """`nn.Conv2d(padding=k//2)`: symmetric padding, kernel `[k, k, I, O]` (Flax's layout), see `conv2d`."""
-  features: int
-  kernel_size: int = 3
-  stride: int = 1
-  use_bias: bool = False
+  num_groups: int = 32
+  epsilon: float = 1e-5
+  affine: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def variables_for(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
-    """`(kernel [k,k,I,O], bias [O] or None)` in `dtype`; lets siblings fuse into one conv."""
-    k = self.kernel_size
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, in_features, self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
-    return kernel.astype(self.dtype), None if bias is None else bias.astype(self.dtype)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel, bias = self.variables_for(x.shape[-1])
-    y = conv2d(x.astype(self.dtype), kernel, self.stride)
-    return y if bias is None else y + bias[None, None, None, :]
-
-
-def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in _taps(x, 3, stride))
-
-
-def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
-  """`[3, 3, 1, C]`: each tap's `sum over n, h, w of x_tap * g`, the nine in one pass.
-
-  One variadic reduce (`_channel_sums`), so XLA:CPU emits a single loop that reads `x` and `g`
-  once (nine separate sums each copy a shifted slice first: 2-5x slower, as is the grouped conv's
-  filter gradient; bench/bench_depthwise.py).
-  """
-  return jnp.stack(_channel_sums([t * g for _, _, t in _taps(x, 3, stride)])).reshape(3, 3, 1, g.shape[-1])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """Shifted multiply-adds whose backward keeps only `x`, not its nine shifted copies.
-
-  Input gradient: `_depthwise_input_grad` (the grouped conv's takes 10-100x longer on CPU);
-  kernel gradient: `_depthwise_kernel_grad`.
-  """
-  return _shifted_depthwise(x, kernel, stride)
-
-
-def _depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, size: tuple[int, int]) -> jax.Array:
-  """`[N, H, W, C]`: the stride-1 correlation of `g` (dilated by `stride`, zero-padded) with the
-  flipped kernel, read from one materialised padded copy.
-
-  Autodiff's transpose sums nine zero-filled shifts of `g`, and XLA:CPU fuses `g`'s producer (the
-  BN + activation backward) into each of them: nine evaluations per element (56 ms for the first
-  depthwise layer's in the step's profile, where a loop of that size takes ~10 ms). A padded copy
-  is a separate loop that XLA:CPU does not duplicate, as `_taps` relies on for the forward.
-  """
-  h, w = size
-  lh, lw = stride * (g.shape[1] - 1) + 1, stride * (g.shape[2] - 1) + 1
-  # p[:, r + dy, c + dx] = dilated g at (r + dy - 1, c + dx - 1); dx[r, c] sums p's taps times kernel[2 - dy, 2 - dx].
-  p = jax.lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), (1, h + 1 - lh, stride - 1), (1, w + 1 - lw, stride - 1),
-                                               (0, 0, 0)])
-  return sum(p[:, dy:dy + h, dx:dx + w] * kernel[2 - dy, 2 - dx, 0][None, None, None, :]
-             for dy in range(3) for dx in range(3))
-
-
-def _dw_bwd(stride, residuals, g):
-  x, kernel = residuals
-  dx = _depthwise_input_grad(g, kernel, stride, x.shape[1:3])
-  return dx, _depthwise_kernel_grad(x, g, stride).astype(kernel.dtype)
-
-
-_depthwise_cpu.defvjp(_saving_inputs(_shifted_depthwise), _dw_bwd)
-
-
-def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-  """3x3 depthwise conv, padding 1: `[N,H,W,C] x [3,3,1,C] -> [N,ceil(H/s),ceil(W/s),C]`.
-
-  On XLA:CPU a grouped convolution is many times slower than nine shifted multiply-adds
-  (measured in `bench/bench_layers.py`), so CPU uses the shifted form (with a hand-picked
-  backward, `_depthwise_cpu`) and other backends the native grouped convolution. Both compute
-  the same sums.
-  """
-  if not _on_cpu():
-    return library_conv(x, kernel, stride, groups=x.shape[-1])
-  return _depthwise_cpu(x, kernel, stride)
-
-
-class DepthwiseConv3x3(nn.Module):
-  """3x3 depthwise conv, padding 1, no bias; kernel `[3, 3, 1, C]` as `nn.Conv(feature_group_count=C)`."""
-  stride: int = 1
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, C] -> [N, ceil(H/s), ceil(W/s), C]
+  def __call__(self, x: jax.Array) -> jax.Array:  # [N, ..., C] -> [N, ..., C]
     c = x.shape[-1]
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (3, 3, 1, c), jnp.float32)
-    return depthwise_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
+    if c % self.num_groups:
+      raise ValueError(f'GroupNorm: {c} channels do not split into {self.num_groups} groups')
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    grouped = xf.reshape(x.shape[0], -1, self.num_groups, c // self.num_groups)  # [N, pixels, G, C/G]
+    mean = jnp.mean(grouped, (1, 3), keepdims=True)
+    var = jnp.mean(jnp.square(grouped - mean), (1, 3), keepdims=True)
+    y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    if self.affine:
+      scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+      bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+      y = y * _per_channel(scale, y.ndim) + _per_channel(bias, y.ndim)
+    return y.astype(self.dtype)
 
 
 class ConvBN(nn.Module):
@@ -494,55 +231,45 @@ class ConvBN(nn.Module):
     self.norm_1 = self.norm(name='1')
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.finish(self.conv_0(x))
-
-  def finish(self, y: jax.Array) -> jax.Array:
-    """BN and activation on this block's conv output."""
-    return self.norm_1(y, self.slope)
-
-
-def fused_conv(x: jax.Array, convs: Sequence[Conv]) -> list[jax.Array]:
-  """Several `Conv`s (same kernel size and stride) that read the same input, as one conv over
-  their stacked kernels: same parameters and results, fewer and wider convolutions."""
-  y, sizes, biases = _stacked_conv(x, convs)
-  parts = jnp.split(y, np.cumsum(sizes)[:-1], axis=-1)
-  return [p if b is None else p + b[None, None, None, :] for p, b in zip(parts, biases)]
-
-
-def _stacked_conv(x: jax.Array, convs: Sequence[Conv]):
-  """`(y [N,H',W',sum O], the convs' O, their biases)`: one conv over the stacked kernels, no bias."""
-  variables = [c.variables_for(x.shape[-1]) for c in convs]
-  kernel = jnp.concatenate([k for k, _ in variables], axis=-1)
-  y = conv2d(x.astype(kernel.dtype), kernel, convs[0].stride)
-  return y, [k.shape[-1] for k, _ in variables], [b for _, b in variables]
-
-
-def fused_conv_bn(x: jax.Array, blocks: Sequence[ConvBN]) -> list[jax.Array]:
-  """Several `ConvBN`s that read the same input, run as one conv over their stacked kernels.
-
-  Same parameters and results as calling each block; one larger convolution is faster than
-  several thin ones (SSH's 64->32 and 64->16 3x3s), and their BNs run as one (`batch_norm_act`).
-  """
-  y, sizes, _ = _stacked_conv(x, [b.conv_0 for b in blocks])  # ConvBN's convs have no bias
-  y = batch_norm_act(y, [(b.norm_1, c, b.slope) for b, c in zip(blocks, sizes)])
-  return jnp.split(y, np.cumsum(sizes)[:-1], axis=-1)
+    return bn_act(self.norm_1, self.conv_0(x), self.slope)
 
 
 class ConvDW(nn.Module):
-  """MobileNet depthwise-separable block: keys `.0` dw conv, `.1` BN, `.3` pw conv, `.4` BN."""
+  """MobileNet's `conv_dw`: depthwise 3x3, BN, LeakyReLU, 1x1, BN, LeakyReLU.
+
+  Keys `.0` dw conv, `.1` BN, `.3` pw conv, `.4` BN (`.2` and `.5` are the parameterless activations).
+  """
   features: int
   stride: int = 1
   slope: float = 0.1
   conv: Callable[..., nn.Module] = Conv
   norm: Callable[..., nn.Module] = BatchNorm
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = DepthwiseConv3x3(self.stride, dtype=self.dtype, name='0')(x)
-    x = self.norm(name='1')(x, self.slope)
-    x = self.conv(self.features, 1, name='3')(x)
-    return self.norm(name='4')(x, self.slope)
+    c = x.shape[-1]
+    depthwise = self.conv(c, 3, self.stride, groups=c, name='0')
+    x = bn_act(self.norm(name='1'), depthwise(x), self.slope)
+    pointwise = self.conv(self.features, 1, name='3')
+    return bn_act(self.norm(name='4'), pointwise(x), self.slope)
+
+
+def siblings(x: jax.Array, blocks: Sequence[Conv] | Sequence[ConvBN]) -> list[jax.Array]:
+  """The outputs of blocks (all `Conv`, or all `ConvBN`) that read the same input `x`.
+
+  As in PyTorch, each block runs on its own. With the CPU kernels, blocks of one kernel size and
+  stride run as one conv over their stacked kernels, and their BNs as one op: same parameters and
+  results, one wide conv being faster than several thin ones (SSH's 64->32 and 64->16 3x3s, the
+  three 1x1 heads of a level; `cpu_kernels.fused_conv_bn`).
+  """
+  convs = [b if isinstance(b, Conv) else b.conv_0 for b in blocks]
+  first = convs[0]
+  modules = convs + [b.norm_1 for b in blocks if isinstance(b, ConvBN)]
+  if (all(kernels.enabled(m.cpu_kernels) for m in modules)
+      and all((c.kernel_size, c.stride, explicit_padding(c.padding, c.kernel_size), c.groups) ==
+              (first.kernel_size, first.stride, explicit_padding(None, first.kernel_size), 1) for c in convs)):
+    return kernels.fused_conv(x, convs) if isinstance(blocks[0], Conv) else kernels.fused_conv_bn(x, blocks)
+  return [b(x) for b in blocks]
 
 
 def upsample_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:

@@ -32,8 +32,9 @@ def retinaface(arch: str, **kwargs) -> RetinaFace:
   return FAMILY.model(arch, **kwargs)
 
 
-def _build(spec: RetinaFaceSpec, *, dtype=jnp.float32, bn_axis_name: str | None = None) -> RetinaFace:
-  return RetinaFace(spec, dtype=dtype, bn_axis_name=bn_axis_name)
+def _build(spec: RetinaFaceSpec, *, dtype=jnp.float32, bn_axis_name: str | None = None,
+           cpu_kernels: bool | None = None) -> RetinaFace:
+  return RetinaFace(spec, dtype=dtype, bn_axis_name=bn_axis_name, cpu_kernels=cpu_kernels)
 
 
 def _convert_torch(state_dict: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:

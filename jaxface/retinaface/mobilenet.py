@@ -1,11 +1,10 @@
 """MobileNetV1 x0.25, the RetinaFace `body` for `mobilenet0.25` (keys `body.stage{1,2,3}.*`)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxface.layers import BatchNorm, Conv, ConvBN, ConvDW
 
@@ -22,7 +21,6 @@ class Stage(nn.Module):
   slope: float
   conv: Callable[..., nn.Module]
   norm: Callable[..., nn.Module]
-  dtype: Any
 
   @nn.compact
   def __call__(self, x):
@@ -31,7 +29,7 @@ class Stage(nn.Module):
       x = ConvBN(8, 3, 2, self.slope, self.conv, self.norm, name='0')(x)
       i = 1
     for features, stride in self.blocks:
-      x = ConvDW(features, stride, self.slope, self.conv, self.norm, self.dtype, name=str(i))(x)
+      x = ConvDW(features, stride, self.slope, self.conv, self.norm, name=str(i))(x)
       i += 1
     return x
 
@@ -45,11 +43,10 @@ class MobileNetV1(nn.Module):
   slope: float = 0.1
   conv: Callable[..., nn.Module] = Conv
   norm: Callable[..., nn.Module] = BatchNorm
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    c3 = Stage(STAGE1, True, self.slope, self.conv, self.norm, self.dtype, name='stage1')(x)
-    c4 = Stage(STAGE2, False, self.slope, self.conv, self.norm, self.dtype, name='stage2')(c3)
-    c5 = Stage(STAGE3, False, self.slope, self.conv, self.norm, self.dtype, name='stage3')(c4)
+    c3 = Stage(STAGE1, True, self.slope, self.conv, self.norm, name='stage1')(x)
+    c4 = Stage(STAGE2, False, self.slope, self.conv, self.norm, name='stage2')(c3)
+    c5 = Stage(STAGE3, False, self.slope, self.conv, self.norm, name='stage3')(c4)
     return c3, c4, c5

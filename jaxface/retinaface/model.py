@@ -13,8 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxface import cpu_kernels as kernels
+from jaxface.layers import Conv, ConvBN, siblings, torch_bn, upsample_nearest
 from jaxface.retinaface import box_coding
-from jaxface.layers import Conv, ConvBN, fused_conv, fused_conv_bn, torch_bn, upsample_nearest
 from jaxface.retinaface.mobilenet import MobileNetV1
 from jaxface.retinaface.resnet import ResNet50
 
@@ -53,13 +54,13 @@ class SSH(nn.Module):
     block = functools.partial(ConvBN, conv=self.conv, norm=self.norm)
     q = self.features // 4
     # conv3X3 and conv5X5_1 read x; conv5X5_2 and conv7X7_2 read conv5X5_1's output: each pair
-    # runs as one convolution (`fused_conv_bn`), same parameters and results. The reference's
-    # `conv_bn_no_relu` branches get their ReLU after the concatenation; per channel that is the
-    # same as a ReLU on each branch (slope 0), which runs inside the BN's pass.
-    b3, t = fused_conv_bn(x, [block(self.features // 2, slope=0.0, name='conv3X3'),
-                              block(q, slope=self.slope, name='conv5X5_1')])
-    b5, t = fused_conv_bn(t, [block(q, slope=0.0, name='conv5X5_2'),
-                              block(q, slope=self.slope, name='conv7X7_2')])
+    # are `siblings` (one convolution with the CPU kernels, same parameters and results). The
+    # reference's `conv_bn_no_relu` branches get their ReLU after the concatenation; per channel
+    # that is the same as a ReLU on each branch (slope 0), which runs inside the BN's pass.
+    b3, t = siblings(x, [block(self.features // 2, slope=0.0, name='conv3X3'),
+                         block(q, slope=self.slope, name='conv5X5_1')])
+    b5, t = siblings(t, [block(q, slope=0.0, name='conv5X5_2'),
+                         block(q, slope=self.slope, name='conv7X7_2')])
     b7 = block(q, slope=0.0, name='conv7x7_3')(t)
     return jnp.concatenate([b3, b5, b7], axis=-1)
 
@@ -98,9 +99,9 @@ def neck_and_heads(spec: 'RetinaFaceSpec', conv, norm, c3, c4, c5):
   ks = (4, 2, 10)  # box offsets, class logits, landmark offsets per anchor
   heads = [Heads(anchors * k, len(feats), conv, name=name)
            for k, name in zip(ks, ('BboxHead', 'ClassHead', 'LandmarkHead'))]
-  # Per level the three 1x1 heads read the same map: one conv, split. Each output goes
+  # Per level the three 1x1 heads read the same map (`siblings`). Each output goes
   # [N,H,W,anchors*k] -> [N, H*W*anchors, k], the reference's (y, x, anchor) order.
-  per_level = [fused_conv(f, [h.level[i].conv1x1 for h in heads]) for i, f in enumerate(feats)]
+  per_level = [siblings(f, [h.level[i].conv1x1 for h in heads]) for i, f in enumerate(feats)]
   return tuple(jnp.concatenate([ys[j].reshape(n, -1, k) for ys in per_level], axis=1) for j, k in enumerate(ks))
 
 
@@ -123,18 +124,25 @@ class RetinaFace(nn.Module):
   A is the prior count for (H, W) (`jaxface.retinaface.anchors.prior_boxes`); the order is stride 8, 16, 32
   and `(y*W + x)*2 + a` within a level, as the reference. Logits are pre-softmax; the face score
   is `softmax(logits)[..., 1]`.
+
+  `cpu_kernels`: whether the layers run `jaxface.cpu_kernels`' XLA:CPU restatements (True), the
+  plain layers (False), or, None, the restatements iff JAX's default backend is the CPU
+  (`cpu_kernels.enabled`; `JAXFACE_CPU_KERNELS=0` turns them off). Same arithmetic either way; a
+  module field, so a jitted program is traced for one path and cached under it.
   """
   spec: RetinaFaceSpec
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  cpu_kernels: bool | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False):
     spec = self.spec
-    conv = functools.partial(Conv, dtype=self.dtype)
-    norm = torch_bn(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
+    on = kernels.enabled(self.cpu_kernels)  # resolved once, so every layer takes the same path
+    conv = functools.partial(Conv, dtype=self.dtype, cpu_kernels=on)
+    norm = torch_bn(train=train, dtype=self.dtype, axis_name=self.bn_axis_name, cpu_kernels=on)
     if spec.backbone == 'mobilenet0.25':
-      body = MobileNetV1(spec.body_slope, conv, norm, self.dtype, name='body')
+      body = MobileNetV1(spec.body_slope, conv, norm, name='body')
     elif spec.backbone == 'resnet50':
       body = ResNet50(conv, norm, name='body')
     else:

@@ -6,7 +6,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 
-from jaxface.layers import BatchNorm, Conv
+from jaxface.layers import BatchNorm, Conv, bn_act
 
 LAYERS = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (planes, blocks, stride)
 
@@ -34,8 +34,8 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = self.norm(name='bn1')(self.conv(self.planes, 1, name='conv1')(x), 0.0)  # BN + ReLU
-    y = self.norm(name='bn2')(self.conv(self.planes, 3, self.stride, name='conv2')(y), 0.0)
+    y = bn_act(self.norm(name='bn1'), self.conv(self.planes, 1, name='conv1')(x), 0.0)  # BN + ReLU
+    y = bn_act(self.norm(name='bn2'), self.conv(self.planes, 3, self.stride, name='conv2')(y), 0.0)
     y = self.norm(name='bn3')(self.conv(4 * self.planes, 1, name='conv3')(y))
     if self.downsample:
       x = Downsample(4 * self.planes, self.stride, self.conv, self.norm, name='downsample')(x)
@@ -69,7 +69,7 @@ class ResNet50(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     x = self.conv(64, 7, 2, name='conv1')(x)
-    x = max_pool_3x3_s2(self.norm(name='bn1')(x, 0.0))  # BN + ReLU
+    x = max_pool_3x3_s2(bn_act(self.norm(name='bn1'), x, 0.0))  # BN + ReLU
     feats = []
     for i, (planes, blocks, stride) in enumerate(LAYERS):
       x = ResLayer(planes, blocks, stride, self.conv, self.norm, name=f'layer{i + 1}')(x)

@@ -1,0 +1,455 @@
+"""XLA:CPU restatements of `jaxface.layers`' convs and BatchNorm, with hand-written backward passes.
+
+The layers say what PyTorch computes. XLA:CPU runs several of those ops slowly as written: a grouped
+(depthwise) conv, convs over a few channels, the library conv's kernel gradient, autodiff's BatchNorm
+backward (BENCHMARKS.md, "Train step"). This module computes the same sums in forms XLA:CPU runs
+fast; the arithmetic is PyTorch's in both, and tests/test_layers.py checks every function here
+against the plain layer, values and gradients.
+
+  `conv2d`          a conv with PyTorch's `k//2` padding, lowered per shape: fused multiply-adds, a
+                    matrix product, the library conv with matrix-product kernel gradients, or nine
+                    shifted multiply-adds for a 3x3 depthwise conv
+  `batch_norm_act`  BN and the LeakyReLU after it as one op (`_bn_act_train`), for channel groups of
+                    several BN modules at once
+  `fused_conv`, `fused_conv_bn`  sibling convs (and their BNs) that read the same input, as one
+
+Which path runs is a static field of every layer and model, `cpu_kernels: bool | None`, that the
+models pass down in their `conv` and `norm` partials. Being a module field, it is part of the module
+that `jit` traces and caches: one process can compile both paths, and a compiled program cannot take
+the other one. True or False is taken as given; None (the default) asks `enabled`: on iff JAX's
+default backend is the CPU, so GPUs and TPUs run the plain layers, and off everywhere when the
+environment has `JAXFACE_CPU_KERNELS=0` (read once, at import, so that every program of a process
+resolves None alike).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+if TYPE_CHECKING:  # the layers call into this module, never the other way round
+  from jaxface.layers import BatchNorm, Conv, ConvBN
+
+ENV_VAR = 'JAXFACE_CPU_KERNELS'
+_ON, _OFF = ('1', 'true', 'on', ''), ('0', 'false', 'off')
+
+
+def allowed_by(environ: Mapping[str, str]) -> bool:
+  """Whether `environ` lets None resolve on: unset, `1`, `true` or `on` do; `0`, `false` or `off` do not."""
+  value = environ.get(ENV_VAR, '').strip().lower()
+  if value not in _ON + _OFF:
+    raise ValueError(f'{ENV_VAR}={environ[ENV_VAR]!r}: expected one of {", ".join(v for v in _ON + _OFF if v)}')
+  return value in _ON
+
+
+_ALLOWED = allowed_by(os.environ)
+
+
+def enabled(flag: bool | None) -> bool:
+  """A layer's `cpu_kernels` field resolved: as given, or for None whether the CPU is JAX's default
+  backend (and `JAXFACE_CPU_KERNELS` is not `0`)."""
+  if flag is not None:
+    return bool(flag)
+  return _ALLOWED and jax.default_backend() == 'cpu'
+
+
+def lowers(kernel_shape: Sequence[int], padding, groups: int) -> bool:
+  """Whether `conv2d` restates this conv: PyTorch's `k//2` padding, dense or a 3x3 depthwise one."""
+  k, _, in_per_group, out = kernel_shape
+  if padding != ((k // 2, k // 2), (k // 2, k // 2)):
+    return False
+  return groups == 1 or (k == 3 and in_per_group == 1 and out == groups)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1) -> jax.Array:
+  """`layers.conv2d(x, kernel, stride, k//2, groups)` for the shapes `lowers` accepts, per shape:
+
+  * few taps (k*k*I <= 27 and I <= 8: the 3x3 stem over 3 channels, 1x1s over <= 8 channels): a sum
+    of broadcast multiply-adds that XLA fuses with the BN and activation after it into one loop,
+    with the library conv's gradients (`_fma_conv_library_grad`);
+  * other 1x1s: a matrix product over every `stride`-th pixel (a 1x1 has no padding, so this is
+    exact), gradients as 2-D products (`_pointwise_cpu`);
+  * other 3x3s: the library conv, its kernel gradient as matrix products per tap or per kernel row
+    (`_library_conv_tap_grad`); larger kernels (ResNet's 7x7 stem): the library conv;
+  * a 3x3 depthwise conv (`groups` = channels): nine shifted multiply-adds (`_depthwise_cpu`).
+
+  Measured per shape in bench/bench_layers.py, bench/bench_depthwise.py and bench/bench_train_step.py.
+  """
+  k, _, cin, _ = kernel.shape
+  if groups > 1:
+    return _depthwise_cpu(x, kernel, stride)
+  if cin <= MAX_FMA_CHANNELS and k * k * cin <= MAX_FMA_TAPS:
+    return _fma_conv_library_grad(x, kernel, stride)
+  if k == 1:
+    return _pointwise_cpu(x, kernel, stride)
+  if k == 3:
+    return _library_conv_tap_grad(x, kernel, stride)
+  return _library_conv(x, kernel, stride)
+
+
+def _library_conv(x: jax.Array, kernel: jax.Array, stride: int, groups: int = 1) -> jax.Array:
+  """`lax.conv_general_dilated` with PyTorch's `padding=k//2`: the plain layer's conv, whose VJP
+  several backward passes below reuse."""
+  p = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+
+
+def taps(x: jax.Array, k: int, stride: int):
+  """The k*k shifted, strided views `(dy, dx, [N, Ho, Wo, C])` of `x` (padded by k//2) that a kxk conv sums over."""
+  p = k // 2
+  _, h, w, _ = x.shape
+  ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+  # XLA:CPU writes the padded copy in its own loop (with `x`'s producer fused in once) and the
+  # consumers read its slices; zero-filled shifts instead would be fused into each tap, producer
+  # and all (BENCHMARKS.md, "Train step"). An optimization_barrier here changed nothing in the
+  # compiled programs (XLA:CPU removes it before fusion), so there is none.
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  for dy in range(k):
+    for dx in range(k):
+      yield dy, dx, xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
+
+
+# Convs this small (input channels, and taps = k*k*input channels) are cheaper on XLA:CPU as
+# fused multiply-adds than as a library convolution or matrix product (bench/bench_layers.py).
+MAX_FMA_CHANNELS = 8
+MAX_FMA_TAPS = 27
+
+
+def _fma_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  k, _, cin, _ = kernel.shape
+  return sum(t[..., c:c + 1] * kernel[dy, dx, c][None, None, None, :]
+             for dy, dx, t in taps(x, k, stride) for c in range(cin))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _fma_conv_library_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """Forward as fused multiply-adds, gradients from the library conv's VJP (a 1x1's as 2-D products).
+
+  Autodiff of the multiply-adds would keep every broadcast tap (27 x the stem's output) as a
+  residual; saving `(x, kernel)` instead makes the training step ~12% faster
+  (BENCHMARKS.md, "Train step").
+  """
+  return _fma_conv(x, kernel, stride)
+
+
+def _saving_inputs(forward):
+  """A custom_vjp forward rule: `forward`'s output, with only its inputs `(x, kernel)` as residuals."""
+  return lambda x, kernel, stride: (forward(x, kernel, stride), (x, kernel))
+
+
+def _fma_bwd(stride, residuals, g):
+  if residuals[1].shape[0] == 1:  # a 1x1: its gradients as 2-D products, see `_pointwise_cpu`
+    return _pointwise_bwd(stride, residuals, g)
+  return jax.vjp(lambda x, k: _library_conv(x, k, stride), *residuals)[1](g)
+
+
+_fma_conv_library_grad.defvjp(_saving_inputs(_fma_conv), _fma_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _library_conv_tap_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """The library conv, its kernel gradient as one matrix product per tap (or per kernel row, see
+  `_kernel_grad_row_products`).
+
+  XLA:CPU computes a conv's filter gradient as a convolution that contracts over the batch
+  with the whole feature map as window, 1-3.6x slower than `k*k` products
+  `taps[N*Ho*Wo, I]^T @ g[N*Ho*Wo, O]` at RetinaFace's shapes (BENCHMARKS.md, "Train step").
+  """
+  return _library_conv(x, kernel, stride)
+
+
+def _tap_bwd(stride, residuals, g):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x_: _library_conv(x_, kernel, stride), x)[1](g)[0]
+  k, _, cin, cout = kernel.shape
+  if stride == 1 and k == 3 and cin >= 32 and cin * cout <= 64 * 64:
+    return dx, _kernel_grad_row_products(x, g).reshape(kernel.shape)
+  m = g.shape[0] * g.shape[1] * g.shape[2]
+  g = g.reshape(m, g.shape[3])
+  dk = jnp.stack([jnp.dot(t.reshape(m, t.shape[3]).T, g) for _, _, t in taps(x, k, stride)])
+  return dx, dk.reshape(kernel.shape)
+
+
+def _kernel_grad_row_products(x: jax.Array, g: jax.Array) -> jax.Array:
+  """A stride-1 3x3 conv's kernel gradient `[9, I, O]` as three products `[I, L] x [L, 3*O]`.
+
+  For <= 64x64 channels a per-tap product `[I, O]` is too small for XLA:CPU's matmul to split
+  over threads; grouping the three column taps of a kernel row makes it 3x wider, 1.3-1.7x
+  faster at RetinaFace's 64-channel shapes (BENCHMARKS.md, "Train step"). Rows: pixels of the
+  padded input `[N, H+2, W+2, I]`, flattened, and of the output gradient zero-padded at the
+  bottom and right to the same grid. Tap `(dy, dx)` pairs input row `j + dy*(W+2) + dx` with
+  gradient row `j`; gradient rows outside the image are zero, so pairs that wrap into the next
+  row or image add nothing and the sum is exact.
+  """
+  n, h, w, cin = x.shape
+  cout = g.shape[3]
+  rows, pitch = n * (h + 2) * (w + 2), w + 2
+  xf = jnp.pad(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(rows, cin), ((0, 2 * pitch), (0, 0)))
+  gf = jnp.pad(g, ((0, 0), (0, 2), (0, 2), (0, 0))).reshape(rows, cout)
+  ge = jnp.pad(gf, ((2, 0), (0, 0)))
+  g3 = jnp.concatenate([ge[2 - dx:2 - dx + rows] for dx in range(3)], axis=1)  # [L, 3*O]: g3[j, dx] = gf[j - dx]
+  per_row = [jnp.dot(xf[dy * pitch:dy * pitch + rows].T, g3) for dy in range(3)]  # [I, 3*O] each
+  return jnp.stack(per_row).reshape(3, cin, 3, cout).transpose(0, 2, 1, 3).reshape(9, cin, cout)
+
+
+_library_conv_tap_grad.defvjp(_saving_inputs(_library_conv), _tap_bwd)
+
+
+def _pointwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return jnp.dot(x[:, ::stride, ::stride] if stride > 1 else x, kernel[0, 0])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pointwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """The 1x1 conv as a matrix product, with its gradients as 2-D products `[N*H*W, C]`.
+
+  Autodiff's kernel gradient contracts the 4-D input and output gradient over three axes; XLA:CPU
+  then writes the output gradient a second time, transposed, from inside its producer's loop (the
+  BN + activation backward), 5-10x slower than that loop (BENCHMARKS.md, "Train step").
+  """
+  return _pointwise(x, kernel, stride)
+
+
+def _pointwise_bwd(stride, residuals, g):
+  x, kernel = residuals
+  xs = x[:, ::stride, ::stride] if stride > 1 else x
+  m = g.shape[0] * g.shape[1] * g.shape[2]
+  g2 = g.reshape(m, g.shape[3])
+  dk = jnp.dot(xs.reshape(m, xs.shape[3]).T, g2)
+  dx = jnp.dot(g2, kernel[0, 0].T).reshape(xs.shape)
+  if stride > 1:
+    dx = jnp.zeros_like(x).at[:, ::stride, ::stride].set(dx)
+  return dx, dk.reshape(kernel.shape)
+
+
+_pointwise_cpu.defvjp(_saving_inputs(_pointwise), _pointwise_bwd)
+
+
+def shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """The 3x3 depthwise conv `[N,H,W,C] x [3,3,1,C]` as nine multiply-adds of `taps` (on XLA:CPU
+  many times faster than the grouped library conv, bench/bench_layers.py)."""
+  return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in taps(x, 3, stride))
+
+
+def channel_sums(values: Sequence[jax.Array]) -> list[jax.Array]:
+  """Per-channel sums `[C]` of several same-shape `[..., C]` arrays, in one pass.
+
+  XLA:CPU runs separate sums as separate loops over memory; one variadic reduce is one loop
+  that reads each input once. For `[N, H, W, C]` the rows `N*H` are split into up to 32 blocks
+  kept in the output (the loop's parallel axis) and each row's `W*C` values are kept too, so
+  the loop vectorises along contiguous memory; the few partial sums `[blocks, W*C]` are added
+  after. XLA fuses the inputs' producers into this loop: keep them cheap elementwise ops of
+  materialised arrays (BENCHMARKS.md, "Train step").
+  """
+  if values[0].ndim != 4:
+    return [jnp.sum(v, tuple(range(v.ndim - 1))) for v in values]
+  n, h, w, c = values[0].shape
+  rows = n * h
+  blocks = max(d for d in range(1, 33) if rows % d == 0 and (rows // d >= 16 or d == 1))
+  parts = tuple(v.reshape(blocks, rows // blocks, w * c) for v in values)
+  zeros = tuple(jnp.zeros((), v.dtype) for v in parts)
+  sums = jax.lax.reduce(parts, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
+  return [s.reshape(blocks * w, c).sum(0) for s in sums]
+
+
+def depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
+  """`[3, 3, 1, C]`: each tap's `sum over n, h, w of x_tap * g`, the nine in one pass.
+
+  One variadic reduce (`channel_sums`), so XLA:CPU emits a single loop that reads `x` and `g`
+  once (nine separate sums each copy a shifted slice first: 2-5x slower, as is the grouped conv's
+  filter gradient; bench/bench_depthwise.py).
+  """
+  return jnp.stack(channel_sums([t * g for _, _, t in taps(x, 3, stride)])).reshape(3, 3, 1, g.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """`shifted_depthwise`, whose backward keeps only `x`, not its nine shifted copies.
+
+  Input gradient: `depthwise_input_grad` (the grouped conv's takes 10-100x longer on CPU);
+  kernel gradient: `depthwise_kernel_grad`.
+  """
+  return shifted_depthwise(x, kernel, stride)
+
+
+def depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, size: tuple[int, int]) -> jax.Array:
+  """`[N, H, W, C]`: the stride-1 correlation of `g` (dilated by `stride`, zero-padded) with the
+  flipped kernel, read from one materialised padded copy.
+
+  Autodiff's transpose sums nine zero-filled shifts of `g`, and XLA:CPU fuses `g`'s producer (the
+  BN + activation backward) into each of them: nine evaluations per element (56 ms for the first
+  depthwise layer's in the step's profile, where a loop of that size takes ~10 ms). A padded copy
+  is a separate loop that XLA:CPU does not duplicate, as `taps` relies on for the forward.
+  """
+  h, w = size
+  lh, lw = stride * (g.shape[1] - 1) + 1, stride * (g.shape[2] - 1) + 1
+  # p[:, r + dy, c + dx] = dilated g at (r + dy - 1, c + dx - 1); dx[r, c] sums p's taps times kernel[2 - dy, 2 - dx].
+  p = jax.lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), (1, h + 1 - lh, stride - 1), (1, w + 1 - lw, stride - 1),
+                                               (0, 0, 0)])
+  return sum(p[:, dy:dy + h, dx:dx + w] * kernel[2 - dy, 2 - dx, 0][None, None, None, :]
+             for dy in range(3) for dx in range(3))
+
+
+def _dw_bwd(stride, residuals, g):
+  x, kernel = residuals
+  dx = depthwise_input_grad(g, kernel, stride, x.shape[1:3])
+  return dx, depthwise_kernel_grad(x, g, stride).astype(kernel.dtype)
+
+
+_depthwise_cpu.defvjp(_saving_inputs(shifted_depthwise), _dw_bwd)
+
+
+def _activate(z: jax.Array, slope) -> jax.Array:
+  """`layers.leaky_relu`, the slope also per channel `[C]` (siblings' BNs run as one op)."""
+  if slope is None:
+    return z
+  if isinstance(slope, float) and slope == 0:
+    return jax.nn.relu(z)
+  return jnp.where(z > 0, z, _channels(slope, z.ndim) * z)
+
+
+def _channels(v, ndim: int):
+  """A per-channel `[C]` vector (or a scalar) shaped to broadcast over `[..., C]`."""
+  return v if np.ndim(v) == 0 else v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _batch_stats(x: jax.Array, axis_name: str | None):
+  """Per-channel `(mean, biased var)` in >= float32 from one pass (`channel_sums` of x and x^2),
+  over the devices of `axis_name` too."""
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  n = x.size // x.shape[-1]
+  mean, mean_sq = (s / n for s in channel_sums([xf, jax.lax.square(xf)]))
+  if axis_name is not None:
+    mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
+  return mean, jnp.maximum(mean_sq - mean * mean, 0.0)
+
+
+def _normalize(x, mean, var, scale, bias, epsilon, dtype):
+  mul = scale * jax.lax.rsqrt(var + epsilon)
+  per_channel = lambda v: _channels(v.astype(dtype), x.ndim)
+  return (x.astype(dtype) - per_channel(mean)) * per_channel(mul) + per_channel(bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _bn_act_train(x, scale, bias, slope, epsilon, axis_name, dtype):
+  """`(act(BN(x)), batch mean, batch var)` with batch statistics, and a backward in four loops.
+
+  Autodiff of the BN and activation formulas keeps the normalised values and the activation's
+  input as residuals and spreads the backward over more loops (BN's backward was the largest
+  item of the CPU step's profile, BENCHMARKS.md "Train step"). Here the only residual is `x`.
+  The backward writes `g`, the output gradient through the activation's derivative (its mask
+  recomputed from `x`), takes `sum(g)` and `sum(g * x)`, and forms the input gradient in one
+  elementwise pass.
+  """
+  return _bn_act_train_fwd(x, scale, bias, slope, epsilon, axis_name, dtype)[0]
+
+
+def _bn_act_train_fwd(x, scale, bias, slope, epsilon, axis_name, dtype):
+  mean, var = _batch_stats(x, axis_name)
+  y = _activate(_normalize(x, mean, var, scale, bias, epsilon, dtype), _slope_array(slope))
+  return (y, mean, var), (x, scale, bias, mean, var)
+
+
+def _bn_act_train_bwd(slope, epsilon, axis_name, dtype, residuals, cotangents):
+  x, scale, bias, mean, var = residuals
+  dy, dmean, dvar = cotangents
+  f = jnp.promote_types(x.dtype, jnp.float32)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  mul = scale * rstd
+  per_channel = lambda v: _channels(v, x.ndim)
+  g = dy.astype(f)
+  xc = x.astype(f) - per_channel(mean)
+  s = _slope_array(slope)
+  if s is not None:
+    # The activation's derivative: 1 where z = xc * mul + bias > 0, else the slope. Written as a
+    # comparison, not the forward's formula for z: XLA would merge the two and keep z alive from
+    # the forward to here, written out in a loop of its own (measured in the step's profile).
+    g = jnp.where(xc * per_channel(mul) > per_channel(-bias), g, g * per_channel(s))
+  # Two plain sums: XLA:CPU gives them to its reduction library, which cannot take the select
+  # above, so `g` is written once. One variadic reduce (`channel_sums`) would fuse `g` and
+  # its producer (often a depthwise input gradient, nine taps) into the reduction and again
+  # into `dx`'s loop: twice BN's backward time in the step. `sum(g * x)` rather than `sum(g * xc)`: the
+  # library cannot take the subtraction either, and `xc` would be written out too.
+  axes = tuple(range(x.ndim - 1))
+  sum_g = jnp.sum(g, axes)
+  sum_gxc = jnp.sum(g * x.astype(f), axes) - mean * sum_g
+  n = x.size // x.shape[-1]
+  # d mean / dx = 1/n and d var / dx = 2 (x - mean) / n, n over all devices; under pmap each
+  # device's cotangents of the shared statistics are summed (the transpose of pmean).
+  c1, c2 = dmean - mul * sum_g, 2 * dvar - mul * rstd * rstd * sum_gxc
+  if axis_name is not None:
+    c1, c2 = jax.lax.psum((c1, c2), axis_name)
+    n = n * jax.lax.psum(1, axis_name)
+  dx = g * per_channel(mul) + per_channel(c1 / n) + per_channel(c2 / n) * xc
+  return dx.astype(x.dtype), (sum_gxc * rstd).astype(scale.dtype), sum_g.astype(bias.dtype)
+
+
+_bn_act_train.defvjp(_bn_act_train_fwd, _bn_act_train_bwd)
+
+
+def _slope_array(slope):
+  """`slope` as `_activate` takes it: None, a float, or per channel (a static tuple) as an array."""
+  return np.asarray(slope, np.float32) if isinstance(slope, tuple) else slope
+
+
+def batch_norm_act(x: jax.Array, groups: Sequence[tuple[BatchNorm, int, float | None]]) -> jax.Array:
+  """`layers.leaky_relu(bn(part), slope)` over consecutive channel groups of `x` `[..., C]`, as one op.
+
+  `groups`: `(layers.BatchNorm module, channels, slope or None)`, channels summing to C. Siblings
+  whose convs run as one (`fused_conv_bn`) normalise in one pass; BN is per channel, so this is
+  the same as normalising each part. Each module keeps its own variables and running statistics
+  (torch's update: its `unbiased` and `track`).
+  """
+  bn = groups[0][0]
+  variables = [m.variables_for(c) for m, c, _ in groups]
+  scale, bias = (jnp.concatenate([v[i] for v in variables]) for i in (0, 1))
+  slopes = {s for *_, s in groups}
+  if len(slopes) == 1:
+    slope = slopes.pop()
+    slope = None if slope is None else float(slope)
+  else:
+    slope = tuple(float(1.0 if s is None else s) for _, c, s in groups for _ in range(c))
+  if bn.use_running_average:
+    mean, var = (jnp.concatenate([v[i].value for v in variables]) for i in (2, 3))
+    return _activate(_normalize(x, mean, var, scale, bias, bn.epsilon, bn.dtype), _slope_array(slope))
+  y, mean, var = _bn_act_train(x, scale, bias, slope, bn.epsilon, bn.axis_name, bn.dtype)
+  if not bn.is_initializing():
+    unbiased = bn.unbiased(var, x.size // x.shape[-1])
+    offsets = np.cumsum([0] + [c for _, c, _ in groups])
+    for (m, *_), (*_, running_mean, running_var), a, b in zip(groups, variables, offsets[:-1], offsets[1:]):
+      m.track(running_mean, running_var, mean[a:b], unbiased[a:b])
+  return y
+
+
+def fused_conv(x: jax.Array, convs: Sequence[Conv]) -> list[jax.Array]:
+  """Several `layers.Conv`s (same kernel size and stride, PyTorch's padding, no groups) that read the
+  same input, as one conv over their stacked kernels: same parameters and results, fewer and wider
+  convolutions."""
+  y, sizes, biases = _stacked_conv(x, convs)
+  parts = jnp.split(y, np.cumsum(sizes)[:-1], axis=-1)
+  return [p if b is None else p + b[None, None, None, :] for p, b in zip(parts, biases)]
+
+
+def _stacked_conv(x: jax.Array, convs: Sequence[Conv]):
+  """`(y [N,H',W',sum O], the convs' O, their biases)`: one conv over the stacked kernels, no bias."""
+  variables = [c.variables_for(x.shape[-1]) for c in convs]
+  kernel = jnp.concatenate([k for k, _ in variables], axis=-1)
+  y = conv2d(x.astype(kernel.dtype), kernel, convs[0].stride)
+  return y, [k.shape[-1] for k, _ in variables], [b for _, b in variables]
+
+
+def fused_conv_bn(x: jax.Array, blocks: Sequence[ConvBN]) -> list[jax.Array]:
+  """Several `layers.ConvBN`s that read the same input, run as one conv over their stacked kernels.
+
+  Same parameters and results as calling each block; one larger convolution is faster than
+  several thin ones (SSH's 64->32 and 64->16 3x3s), and their BNs run as one (`batch_norm_act`).
+  """
+  y, sizes, _ = _stacked_conv(x, [b.conv_0 for b in blocks])  # ConvBN's convs have no bias
+  y = batch_norm_act(y, [(b.norm_1, c, b.slope) for b, c in zip(blocks, sizes)])
+  return jnp.split(y, np.cumsum(sizes)[:-1], axis=-1)
+
