@@ -37,14 +37,17 @@ class Detector:
       (results equal the reference); True pads each side up to `inference.BUCKETS` so mixed
       sizes share a handful of programs (docs/inference.md: the measured effect on detections).
     batch_size: images per compiled call in `detect_batch` (the last batch is padded).
+    cpu_kernels: the layers' path (`jaxface.cpu_kernels`): None (default) the XLA:CPU restatements
+      iff JAX's default backend is the CPU, False the plain layers, True the restatements.
   """
 
   def __init__(self, family: Family, arch: str, variables: Any, *, bucketed: bool = False, batch_size: int = 8,
-               postprocess: inference.PostprocessConfig = inference.PostprocessConfig()):
+               postprocess: inference.PostprocessConfig = inference.PostprocessConfig(),
+               cpu_kernels: bool | None = None):
     self.family = family
     self.arch = arch
     self.spec = family.spec(arch)
-    self.model = family.build(self.spec)
+    self.model = family.build(self.spec, cpu_kernels=cpu_kernels)
     self.variables = jax.tree_util.tree_map(jnp.asarray, variables)
     self.bucketed = bucketed
     self.batch_size = batch_size
@@ -109,7 +112,7 @@ def load_detector(path: str | None = None, arch: str | None = None, *, step: int
   or a `train.py` workdir (its latest checkpoint, or `step`'s); with no `path`, the default model
   (`families.DEFAULT_MODEL`, package data: nothing to download).
 
-  Keyword arguments go to `Detector` (`bucketed`, `batch_size`, `postprocess`).
+  Keyword arguments go to `Detector` (`bucketed`, `batch_size`, `postprocess`, `cpu_kernels`).
   """
   if path is None:
     path = families.DEFAULT_MODEL

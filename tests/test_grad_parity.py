@@ -1,7 +1,8 @@
 """The network's gradients in training mode equal the torch re-statement's.
 
-The train step differentiates through jaxface's CPU conv lowerings, several with hand-written
-backward passes (`jaxface.models.layers`), and BatchNorm with batch statistics. Here the
+The train step differentiates through the layers (`jaxface.layers`), on CPU through their XLA:CPU
+restatements with hand-written backward passes (`jaxface.cpu_kernels`), and BatchNorm with batch
+statistics; both paths are checked. Here the
 whole detector, from the same random weights, takes the gradient of a fixed random projection
 of its three outputs on both sides, in float64 (BN over a few pixels per channel amplifies
 float32 rounding too much for a tight check). torch's parameter gradients, renamed and
@@ -21,9 +22,9 @@ from jaxface.retinaface import retinaface
 SHAPE = (2, 96, 128)  # batch, height, width: small, and not square
 
 
-def _jax_grads(arch, variables, image, probes):
+def _jax_grads(arch, cpu_kernels, variables, image, probes):
   """(parameter gradients, updated BN statistics) of `sum(outputs * probes)`, float64."""
-  model = retinaface(arch, dtype=jnp.float64)
+  model = retinaface(arch, dtype=jnp.float64, cpu_kernels=cpu_kernels)
   f64 = lambda a: jnp.asarray(a, jnp.float64)
 
   def f(params, batch_stats):
@@ -39,8 +40,11 @@ def _leaves(tree) -> dict[str, np.ndarray]:
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-@pytest.mark.parametrize('arch', ['retinaface_mnet', 'retinaface_r50'])
-def test_parameter_gradients_match_torch(arch):
+@pytest.fixture(scope='module', params=['retinaface_mnet', 'retinaface_r50'])
+def reference(request):
+  """`(arch, variables, image, probes, torch's gradients and running statistics as variables)`,
+  computed once for both paths."""
+  arch = request.param
   torch.manual_seed(0)
   net = ref.build_reference(arch)
   ref.randomize_(net, seed=1)
@@ -54,9 +58,14 @@ def test_parameter_gradients_match_torch(arch):
   sum(torch.sum(o * torch.from_numpy(p)) for o, p in zip(outputs, probes)).backward()
   grads_as_weights = {k: p.grad for k, p in net.named_parameters()}
   expected = convert_detector(dict(net.state_dict(), **grads_as_weights), arch)
+  return arch, variables, image, probes, expected
 
+
+@pytest.mark.parametrize('cpu_kernels', [True, False], ids=['kernels', 'plain'])
+def test_parameter_gradients_match_torch(reference, cpu_kernels):
+  arch, variables, image, probes, expected = reference
   with jax.enable_x64(True):
-    grads, stats = _jax_grads(arch, variables, image, probes)
+    grads, stats = _jax_grads(arch, cpu_kernels, variables, image, probes)
     grads, stats = _leaves(grads), _leaves(stats)
   want_grads, want_stats = _leaves(expected['params']), _leaves(expected['batch_stats'])
   assert grads.keys() == want_grads.keys() and stats.keys() == want_stats.keys()

@@ -1,7 +1,9 @@
 """Flax RetinaFace vs the PyTorch re-statement (tests/reference_torch.py), through the real converter.
 
 Random weights and randomised BN statistics; raw head outputs must agree to 1e-4 (max abs) at
-640x640 and at 302x450, whose odd feature maps exercise PyTorch's nearest-upsampling rule.
+640x640 and at 302x450, whose odd feature maps exercise PyTorch's nearest-upsampling rule. The
+raw outputs are checked on both paths of the layers (`cpu_kernels` on and off), the compiled
+post-processing, which does not depend on them, on the default one.
 """
 from __future__ import annotations
 
@@ -35,8 +37,12 @@ def _image(h, w, seed):
   return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+KERNELS = pytest.mark.parametrize('cpu_kernels', [True, False], ids=['kernels', 'plain'])
+
+
 @pytest.fixture(scope='module', params=CASES, ids=[c[0] for c in CASES])
 def pair(request, tmp_path_factory):
+  """`(torch model, detector(cpu_kernels))`: the reference and the converted file's detectors, one per path."""
   arch, fmt, prefix = request.param
   model = ref.randomize_(ref.build_reference(arch), seed=1, input_std=60.0)
   # Random heads give outputs up to ~30, where float32 rounding alone (torch float32 vs torch
@@ -52,32 +58,41 @@ def pair(request, tmp_path_factory):
     state = {'module.' + k: v for k, v in state.items()}
   path = tmp_path_factory.mktemp(arch) / f'{arch}.pth'
   torch.save(state, path, _use_new_zipfile_serialization=(fmt == 'zip'))
-  return model, load_detector(str(path), arch=arch)
+  detectors = {}
+
+  def detector(cpu_kernels=None):
+    if cpu_kernels not in detectors:
+      detectors[cpu_kernels] = load_detector(str(path), arch=arch, cpu_kernels=cpu_kernels)
+    return detectors[cpu_kernels]
+  return model, detector
 
 
+@KERNELS
 @pytest.mark.parametrize('size', SIZES, ids=[f'{h}x{w}' for h, w in SIZES])
-def test_raw_outputs_match_reference(pair, size):
-  model, det = pair
+def test_raw_outputs_match_reference(pair, size, cpu_kernels):
+  model, detector = pair
   img = _image(*size, seed=size[0])
   with torch.no_grad():
     want = [t[0].numpy() for t in model(ref.reference_preprocess(img))]
-  got = det.raw_outputs(img)
+  got = detector(cpu_kernels).raw_outputs(img)
   assert [g.shape for g in got] == [w.shape for w in want]
   assert want[1].std() > 0.05  # the comparison is not between two near-constant tensors
   for name, g, w in zip(('bbox', 'logits', 'landmarks'), got, want):
     np.testing.assert_allclose(g, w, rtol=0, atol=1e-4, err_msg=name)
 
 
-def test_float64_semantics(pair):
+@KERNELS
+def test_float64_semantics(pair, cpu_kernels):
   """Both sides in float64 at the odd size: what is left is the port's own error, not float32's."""
-  model, det = pair
+  model, detector = pair
+  det = detector()
   img = _image(302, 450, seed=3)
   x = ref.reference_preprocess(img).double()
   with torch.no_grad():
     want = [t[0].numpy() for t in copy.deepcopy(model).double()(x)]
   with jax.enable_x64(True):
     f64 = lambda a: jnp.asarray(a, jnp.float64)
-    model64 = retinaface(det.arch, dtype=jnp.float64)
+    model64 = retinaface(det.arch, dtype=jnp.float64, cpu_kernels=cpu_kernels)
     got = model64.apply(jax.tree_util.tree_map(f64, det.variables), f64(x.numpy().transpose(0, 2, 3, 1)))
     got = [np.asarray(g[0]) for g in got]
   for name, g, w in zip(('bbox', 'logits', 'landmarks'), got, want):
@@ -87,7 +102,8 @@ def test_float64_semantics(pair):
 def test_detections_match_reference(pair):
   """The whole compiled pipeline (decode, threshold, sort, top-k, NMS, keep-top-k) equals the
   reference's `detect.py` post-processing (top_k 5000, keep_top_k 750)."""
-  model, det = pair
+  model, detector = pair
+  det = detector()
   img = _image(302, 450, seed=7)
   # Random weights score thousands of boxes near 0.5 with float32 near-ties, whose order is
   # arbitrary in both; a threshold that lets the best 300 priors through keeps a tie-free set
