@@ -4,16 +4,16 @@
 
 At each depthwise layer of `retinaface_mnet` training at 640x640, times separately (medians, ms):
 
-  forward         `layers._taps` (nine slices of a padded copy) / `zero_filled_taps` below
+  forward         `cpu_kernels.taps` (nine slices of a padded copy) / `zero_filled_taps` below
                   (nine zero-filled shifts of the input, no copy) / the grouped library conv
-  input grad      autodiff's transpose of each of the two tap forms / `layers._depthwise_input_grad`
+  input grad      autodiff's transpose of each of the two tap forms / `cpu_kernels.depthwise_input_grad`
                   (the flipped kernel over one padded, dilated copy of the output gradient)
-  kernel grad     nine separate sums (autodiff of the tap form) / `layers._depthwise_kernel_grad`
+  kernel grad     nine separate sums (autodiff of the tap form) / `cpu_kernels.depthwise_kernel_grad`
                   (one variadic reduce) / the grouped conv's filter gradient
 
 and torch's `conv2d(groups=C)` forward and forward + backward (both gradients) for scale.
-`jaxface` is what `layers.depthwise_conv3x3` runs on CPU: forward from the padded copy, input
-gradient from the padded dilated copy, kernel gradient the variadic reduce. (Here the output
+`jaxface` is what `cpu_kernels.conv2d` runs for a depthwise conv: forward from the padded copy,
+input gradient from the padded dilated copy, kernel gradient the variadic reduce. (Here the output
 gradient is a parameter; in the step it is the BN + activation backward's output, which
 autodiff's transposes recompute once per tap.) (The zero-filled forward is also slower in the
 train step, where XLA fuses the input's producer, the BN + activation before it, into each of
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jaxface import layers
+from jaxface import cpu_kernels, layers
 
 # (input side, channels, stride): every depthwise layer of MobileNet-0.25 at 640 px
 LAYERS = [(320, 8, 1), (320, 16, 2), (160, 32, 1), (160, 32, 2), (80, 64, 1), (80, 64, 2), (40, 128, 1),
@@ -38,15 +38,15 @@ LAYERS = [(320, 8, 1), (320, 16, 2), (160, 32, 1), (160, 32, 2), (80, 64, 1), (8
 
 
 def grouped(x, k, s):
-  return layers.library_conv(x, k, s, groups=x.shape[-1])
+  return layers.conv2d(x, k, s, groups=x.shape[-1])
 
 
 def copy_form(x, k, s):
-  return layers._shifted_depthwise(x, k, s)
+  return cpu_kernels.shifted_depthwise(x, k, s)
 
 
 def zero_filled_taps(x, k: int, stride: int):
-  """`layers._taps`'s views without the padded copy: each a shift of `x` filled with zeros
+  """`cpu_kernels.taps`'s views without the padded copy: each a shift of `x` filled with zeros
   (`lax.pad` with a negative edge), which XLA:CPU fuses into the consumer's loop."""
   p = k // 2
   _, h, w, _ = x.shape
@@ -76,9 +76,9 @@ def candidates(s: int) -> dict[str, callable]:
       'forward: grouped conv': lambda x, k, g: grouped(x, k, s),
       'input grad: copy transpose': input_grad(copy_form),
       'input grad: zero-filled transpose': input_grad(zero_filled_form),
-      'input grad: padded dilated copy': lambda x, k, g: layers._depthwise_input_grad(g, k, s, x.shape[1:3]),
+      'input grad: padded dilated copy': lambda x, k, g: cpu_kernels.depthwise_input_grad(g, k, s, x.shape[1:3]),
       'kernel grad: nine sums': kernel_grad(copy_form),
-      'kernel grad: variadic reduce': lambda x, k, g: layers._depthwise_kernel_grad(x, g, s),
+      'kernel grad: variadic reduce': lambda x, k, g: cpu_kernels.depthwise_kernel_grad(x, g, s),
       'kernel grad: grouped conv': kernel_grad(grouped),
   }
 

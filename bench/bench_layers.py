@@ -3,7 +3,7 @@
     python bench/bench_layers.py [--repeats 20]
 
 For each layer shape: the library convolution (`lax.conv_general_dilated`, grouped for the
-depthwise ones) against the alternatives `jaxface.models.layers` picks on CPU (shifted
+depthwise ones) against the alternatives `jaxface.cpu_kernels` picks on CPU (shifted
 multiply-adds, a matrix product, broadcast multiply-adds), with a BN-style scale/shift and ReLU
 after each so fusion is measured too. Also checks each alternative computes the same numbers.
 """
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface.layers import _taps as taps  # the same views the library sums over
+from jaxface.cpu_kernels import taps  # the same views the library sums over
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 

@@ -7,8 +7,8 @@ blocks of stages 1 and 2), BN in train mode, LeakyReLU(0.1):
 
   * reference: the torch block (`Conv2d(groups=C)`, `BatchNorm2d`, `LeakyReLU`, 1x1 `Conv2d`,
     ...), eager, `forward` then `backward` of a fixed random cotangent;
-  * jaxface: the Flax block from `jaxface.models.layers` (the CPU lowerings the train step
-    uses), `jax.vjp` of the same cotangent for parameters and input, jitted.
+  * jaxface: the Flax block from `jaxface.layers` (on CPU with the `jaxface.cpu_kernels` lowerings
+    the train step uses), `jax.vjp` of the same cotangent for parameters and input, jitted.
 
 Then the network after the backbone, FPN + SSH x3 + heads on C3-C5 at 80/40/20 px (64/128/256 channels):
 the torch modules of `tests/reference_torch.py` against `retinaface.neck_and_heads`, forward alone and

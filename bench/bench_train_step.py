@@ -214,11 +214,12 @@ def _block(op_name: str) -> str:
 
 
 def _lowering(chain) -> str:
-  """The innermost jaxface function of an op and, in layers.py, its source line: which conv
-  lowering (mul-adds, taps, matmul, library conv) or layer made it."""
+  """The innermost jaxface function of an op and, in layers.py or cpu_kernels.py, its source line:
+  which conv lowering (mul-adds, taps, matmul, library conv) or layer made it."""
   for f, fn, line in chain:
     if '/jaxface/' in f:
-      return f'{fn}: {linecache.getline(f, line).strip()[:40]}' if f.endswith('layers.py') else fn
+      shown = f.endswith(('/layers.py', '/cpu_kernels.py'))
+      return f'{fn}: {linecache.getline(f, line).strip()[:40]}' if shown else fn
   return '?'
 
 
