@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_LEAF_TO_TORCH = {
+LEAF_TO_TORCH = {
     ('params', 'kernel'): 'weight',
     ('params', 'bias'): 'bias',
     ('params', 'scale'): 'weight',
@@ -35,9 +35,10 @@ class CheckpointMismatch(ValueError):
   """The file does not hold the weights of the requested architecture."""
 
 
-def torch_key(collection: str, path: tuple[str, ...]) -> str:
+def torch_key(collection: str, path: tuple[str, ...], leaf_names: Mapping[tuple[str, str], str] = LEAF_TO_TORCH
+              ) -> str:
   """Flax (collection, path) -> PyTorch state-dict key."""
-  return '.'.join(path[:-1] + (_LEAF_TO_TORCH[(collection, path[-1])],))
+  return '.'.join(path[:-1] + (leaf_names[(collection, path[-1])],))
 
 
 def to_flax(value: np.ndarray, flax_shape: tuple[int, ...]) -> np.ndarray:
@@ -65,6 +66,7 @@ def normalise_keys(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def convert(state_dict: Mapping[str, Any], shapes: dict[str, Any], *, prefix: str = '',
+            leaf_names: Mapping[tuple[str, str], str] = LEAF_TO_TORCH,
             drop: tuple[str, ...] = (), source: str = 'checkpoint') -> dict[str, Any]:
   """Maps a (normalised) state dict onto the variable tree `shapes`; strict.
 
@@ -72,13 +74,15 @@ def convert(state_dict: Mapping[str, Any], shapes: dict[str, Any], *, prefix: st
     state_dict: key -> array, keys without `module.`.
     shapes: the target variable tree (e.g. from `template`), leaves with `.shape`.
     prefix: prepended to every source key before matching (`'body.'` for ImageNet backbones).
+    leaf_names: (collection, Flax leaf name) -> torch name; a family with more leaf kinds extends
+      `LEAF_TO_TORCH` (SCRFD's `Scale`: Flax `value` <- torch `scale`).
     drop: source-key prefixes that are expected and ignored (e.g. the ImageNet classifier `fc.`).
     source: the file name, for error messages.
   """
   src = {prefix + k: v for k, v in state_dict.items()
          if not k.endswith('num_batches_tracked') and not k.startswith(drop)}
   flat = flax.traverse_util.flatten_dict(shapes)
-  wanted = dict(sorted((torch_key(path[0], path[1:]), (path, leaf.shape)) for path, leaf in flat.items()))
+  wanted = dict(sorted((torch_key(path[0], path[1:], leaf_names), (path, leaf.shape)) for path, leaf in flat.items()))
   missing = sorted(set(wanted) - set(src))
   unexpected = sorted(set(src) - set(wanted))
   misshaped = []
