@@ -140,7 +140,7 @@ def test_sigterm_checkpoints_stops_and_resumes_exactly(straight_run, tmp_path, m
   state = loop.train(tiny_config(checkpoint_every_steps=1000), workdir)
   assert signal.getsignal(signal.SIGTERM) == handler  # the loop's handler was removed
   assert int(state.step) == 2 and 'stopped at step 2 on request' in capsys.readouterr().out
-  mgr = checkpoints.manager(workdir, keep=3)
+  mgr = checkpointing.manager(workdir, keep=3)
   assert mgr.all_steps() == [2]
   mgr.close()
 
