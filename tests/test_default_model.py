@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, shared_file
+from test_detector import assert_reference_detections
 from jaxface import detect, families, load_detector, saved_models
 from jaxface.convert import convert_file
 
@@ -107,18 +108,8 @@ def test_tool_writes_the_same_bytes_each_time(weights, tmp_path):
 
 
 def test_same_detections_as_reference_on_crowd(det, weights):
-  torch = pytest.importorskip('torch')
-  import reference_torch as ref
-  torch.set_num_threads(2)
   assert det.arch == ARCH
-  model = ref.load_state_dict_file(ref.build_reference(ARCH), weights).eval()
-  img = cv2.imread(str(shared_file('data', 'images', 'crowd.jpg')))
-  boxes, scores, landmarks = ref.reference_detect(model, img, conf_threshold=0.02, nms_threshold=0.4)
-  got = det.detect(img, conf_threshold=0.02, nms_threshold=0.4)
-  assert len(got) == len(scores)
-  np.testing.assert_allclose(got.scores, scores, rtol=0, atol=1e-5)
-  np.testing.assert_allclose(got.boxes, boxes, rtol=0, atol=0.01)
-  np.testing.assert_allclose(got.landmarks, landmarks, rtol=0, atol=0.01)
+  assert_reference_detections(det, weights, cv2.imread(str(shared_file('data', 'images', 'crowd.jpg'))), ARCH)
 
 
 def test_cli_without_weights(tmp_path):
