@@ -50,6 +50,7 @@ def main():
   ref_kw = dict(conf_threshold=0.02, nms_threshold=0.4, top_k=5000, keep_top_k=750)
   x_torch = ref.reference_preprocess(img)
   x_dev = jax.device_put(img[None])
+  sizes_dev = jax.device_put(np.asarray([img.shape[:2]], np.int32))
   forward = inference.make_forward_fn(det.family, det.model)
 
   def torch_forward():
@@ -60,7 +61,7 @@ def main():
       'reference end to end': lambda: ref.reference_detect(model, img, **ref_kw),
       'jaxface end to end': lambda: det.detect(img),
       'reference forward (eager torch)': torch_forward,
-      'jaxface forward': lambda: jax.block_until_ready(forward(det.variables, x_dev)),
+      'jaxface forward': lambda: jax.block_until_ready(forward(det.variables, x_dev, sizes_dev)),
   }
   try:
     import onnxruntime as ort

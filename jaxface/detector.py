@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,6 +61,8 @@ class Detector:
     return list(self._detect.traces)
 
   def _input_size(self, h: int, w: int) -> tuple[int, int]:
+    if self.family.input_size is not None:
+      return self.family.input_size, self.family.input_size
     if not self.bucketed:
       return h, w
     return inference.bucket_size(h, inference.BUCKETS), inference.bucket_size(w, inference.BUCKETS)
@@ -73,6 +76,9 @@ class Detector:
     """`detect` for many images: same-size (or same-bucket) images share compiled batches."""
     nms_threshold = self.family.nms_threshold if nms_threshold is None else nms_threshold
     images = [as_bgr_uint8(im, f'image {i}') for i, im in enumerate(images)]
+    factors = [None] * len(images)  # per-axis (x, y) input / image scale of a letterboxed image
+    if self.family.input_size is not None:
+      images, factors = zip(*(self._letterbox(im) for im in images))
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
       groups.setdefault(self._input_size(*im.shape[:2]), []).append(i)
@@ -96,14 +102,32 @@ class Detector:
         out = jax.device_get(self._detect(self.variables, batch, sizes, conf, nms))
         for j, i in enumerate(chunk):
           v = out['valid'][j]
-          results[i] = Detections(out['boxes'][j][v], out['scores'][j][v], out['landmarks'][j][v])
+          boxes, points = out['boxes'][j][v], out['landmarks'][j][v]
+          if factors[i] is not None:  # back to the image's pixels, per axis in float32 (mmdet's rescale)
+            boxes, points = boxes / np.tile(factors[i], 2), points / factors[i]
+          results[i] = Detections(boxes, out['scores'][j][v], points)
     return results
+
+  def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image resized to fit the family's fixed input (`Family.input_size`), and the per-axis
+    scale `[2]` (x, y) from image to input pixels, float32 from the integer sizes as mmdet stores it."""
+    h, w = image.shape[:2]
+    nh, nw = inference.letterbox_size(h, w, self.family.input_size)
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return resized, np.array([nw / w, nh / h], np.float32)
 
   def raw_outputs(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
     """The heads for the whole image at its exact size, in the reference's anchor order (RetinaFace:
     `(bbox deltas [A,4], class logits [A,2], landmark deltas [A,10])`)."""
     image = as_bgr_uint8(image)
-    return tuple(o[0] for o in jax.device_get(self._forward(self.variables, image[None])))
+    if self.family.input_size is not None:  # the family's protocol: letterboxed into its fixed input
+      image, _ = self._letterbox(image)
+      s = self.family.input_size
+      sizes = np.asarray([image.shape[:2]], np.int32)
+      image = inference.pad_to(image, s, s, self.family.pad_bgr)
+    else:
+      sizes = np.asarray([image.shape[:2]], np.int32)
+    return tuple(o[0] for o in jax.device_get(self._forward(self.variables, image[None], sizes)))
 
 
 def load_detector(path: str | None = None, arch: str | None = None, *, step: int | None = None,

@@ -5,10 +5,10 @@ A new family is a package with a `FAMILY` (see `jaxface.family`) and one entry i
 """
 from __future__ import annotations
 
-from jaxface import retinaface
+from jaxface import retinaface, scrfd
 from jaxface.family import Family
 
-FAMILIES: tuple[Family, ...] = (retinaface.FAMILY,)
+FAMILIES: tuple[Family, ...] = (retinaface.FAMILY, scrfd.FAMILY)
 
 ARCHS: tuple[str, ...] = tuple(sorted(a for f in FAMILIES for a in f.specs))
 if len(set(ARCHS)) != len(ARCHS):

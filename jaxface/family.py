@@ -63,7 +63,9 @@ class Family:
     maps the network input `[B,H,W,3]` to the head outputs (`Outputs`), `train=True` for BN batch
     statistics; `cpu_kernels` picks its layers' path (`jaxface.cpu_kernels.enabled`).
   preprocess: uint8 BGR `[B,H,W,3]` -> the network input (mean, std, channel order).
-  pad_bgr: the uint8 BGR colour that preprocesses to zero; padded pixels hold it.
+  pad_bgr: the uint8 BGR colour that preprocesses to zero, which padded pixels hold; None where no
+    uint8 colour does (SCRFD's `(x - 127.5) / 128`): padded pixels are then set to zero after
+    preprocessing, inside the compiled program, as mmdet pads after normalising.
   keypoints: the keypoints per face and their mirror order.
   anchor_cells: `(spec, H, W) -> [A, 3] int32` (row, column, stride) of each anchor in head order,
     static numpy: an anchor exists in an unpadded `h x w` image iff row < ceil(h/stride) and
@@ -74,6 +76,11 @@ class Family:
     input; `image_hw` (traced) is the unpadded image inside it, for families that clip to it.
   nms_threshold, nms_plus_one: the reference's test-time NMS (IoU threshold; `+1`-pixel areas).
   test_scale: the evaluation protocol its published WIDER numbers use ('original', 'mxnet', 'vga').
+  input_size: None (any input size; anchors beyond an image padded into a larger batch are masked),
+    or a fixed square network input: the detector resizes each image keeping its aspect ratio so the
+    long side is `input_size` (sides `int(x*s + 0.5)`, bilinear, as mmcv's `imrescale`), places it
+    top-left, keeps every anchor (boxes are clipped to the image by `decode`), and maps detections
+    back per axis (SCRFD's test protocol).
   convert_torch: `(state dict with numpy values, name, source file) -> variables`, strict; `name`
     is an arch of `specs` or an ImageNet backbone name of `backbones`.
   backbones: the ImageNet backbone names `convert_torch` also takes (for training).
@@ -83,7 +90,7 @@ class Family:
   specs: Mapping[str, Any]
   build: Callable[..., Any]
   preprocess: Callable[[jax.Array], jax.Array]
-  pad_bgr: tuple[int, int, int]
+  pad_bgr: tuple[int, int, int] | None
   keypoints: Keypoints
   anchor_cells: Callable[[Any, int, int], np.ndarray]
   scores: Callable[[Outputs], jax.Array]
@@ -94,6 +101,7 @@ class Family:
   convert_torch: Callable[[Mapping[str, np.ndarray], str, str], dict[str, Any]]
   backbones: tuple[str, ...] = ()
   training: Training | None = None
+  input_size: int | None = None
 
   def spec(self, arch: str) -> Any:
     """The spec of a released architecture; an unknown name lists the valid ones."""

@@ -114,10 +114,13 @@ def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = Postpro
   @jax.jit
   def detect(variables, images, sizes, conf_threshold, nms_threshold):
     traces.append(images.shape)
-    _, h, w, _ = images.shape
+    b, h, w, _ = images.shape
     cells = family.anchor_cells(spec, h, w)
-    outputs = model.apply(variables, family.preprocess(images))
-    anchor_ok = jax.vmap(lambda s: cells_inside(cells, s[0], s[1]))(sizes)  # [B, A]
+    outputs = model.apply(variables, preprocess(family, images, sizes))
+    if family.input_size is None:  # padding up to a batch size: the image's own anchors only
+      anchor_ok = jax.vmap(lambda s: cells_inside(cells, s[0], s[1]))(sizes)  # [B, A]
+    else:  # a fixed letterboxed input: every anchor, as the reference's protocol
+      anchor_ok = jnp.ones((b, len(cells)), bool)
     decode = functools.partial(family.decode, spec, input_hw=(h, w))
     return postprocess(outputs, family.scores(outputs), anchor_ok, sizes, decode, conf_threshold, nms_threshold,
                        nms_plus_one=plus_one, cfg=cfg)
@@ -126,9 +129,27 @@ def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = Postpro
   return detect
 
 
+def preprocess(family: Family, images: jax.Array, sizes: jax.Array) -> jax.Array:
+  """The family's preprocessing; where it has no uint8 padding colour (`pad_bgr` None), pixels
+  beyond each image's unpadded `sizes [B,2]` are set to zero after it."""
+  x = family.preprocess(images)
+  if family.pad_bgr is not None:
+    return x
+  rows = jnp.arange(images.shape[1])[None, :, None] < sizes[:, 0, None, None]
+  cols = jnp.arange(images.shape[2])[None, None, :] < sizes[:, 1, None, None]
+  return jnp.where((rows & cols)[..., None], x, 0.0)
+
+
 def make_forward_fn(family: Family, model) -> Callable[..., Any]:
-  """`forward(variables, images uint8 [B,H,W,3]) -> head outputs`, jitted."""
-  return jax.jit(lambda variables, images: model.apply(variables, family.preprocess(images)))
+  """`forward(variables, images uint8 [B,H,W,3], sizes [B,2]) -> head outputs`, jitted; `sizes`
+  are the unpadded image sizes (see `preprocess`)."""
+  return jax.jit(lambda variables, images, sizes: model.apply(variables, preprocess(family, images, sizes)))
+
+
+def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
+  """mmcv's `imrescale` to `size x size`: `s = size / long side`, sides `int(x * s + 0.5)`; `(h, w)`."""
+  s = min(size / max(height, width), size / min(height, width))
+  return int(height * s + 0.5), int(width * s + 0.5)
 
 
 def bucket_size(n: int, ladder: tuple[int, ...]) -> int:
@@ -146,11 +167,12 @@ def bucket_size(n: int, ladder: tuple[int, ...]) -> int:
 BUCKETS = (128, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 2560)
 
 
-def pad_to(image: np.ndarray, height: int, width: int, fill_bgr: tuple[int, int, int]) -> np.ndarray:
+def pad_to(image: np.ndarray, height: int, width: int, fill_bgr: tuple[int, int, int] | None) -> np.ndarray:
   """Bottom/right padding with `fill_bgr` (the family's `pad_bgr`, zero after preprocessing, as the
-  references' zero conv padding sees it at the input)."""
+  references' zero conv padding sees it at the input; None: black, zeroed after preprocessing by
+  the detection program)."""
   h, w, _ = image.shape
   out = np.empty((height, width, 3), np.uint8)
-  out[...] = np.asarray(fill_bgr, np.uint8)
+  out[...] = np.asarray(fill_bgr or (0, 0, 0), np.uint8)
   out[:h, :w] = image
   return out

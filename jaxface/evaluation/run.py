@@ -66,7 +66,12 @@ def detect_all(detector, keys: Sequence[tuple[str, str]], load: Callable[[str, s
   start = time.time()
   for first in range(0, len(keys), chunk):
     batch_keys = keys[first:first + chunk]
-    inputs, scales = zip(*(prepare(load(*k), test_scale, detector.family.pad_bgr) for k in batch_keys))
+    if test_scale == 'vga' and detector.family.input_size == VGA:
+      # The family's own protocol: the detector letterboxes (padding zero after normalisation,
+      # boxes clipped to the image) and maps back to the image's pixels itself.
+      inputs, scales = [load(*k) for k in batch_keys], [1.0] * len(batch_keys)
+    else:
+      inputs, scales = zip(*(prepare(load(*k), test_scale, detector.family.pad_bgr) for k in batch_keys))
     results = detector.detect_batch(list(inputs), conf_threshold, nms_threshold)
     for key, det, s in zip(batch_keys, results, scales):
       boxes = det.boxes / s

@@ -1,11 +1,48 @@
-"""SCRFD (insightface `detection/scrfd`): what exists so far.
+"""SCRFD (insightface `detection/scrfd`, REFERENCE.md §2) as a jaxface family: the eight released
+models (`model`), the anchor tables and distance coding (`anchors`, `box_coding`), mmdet's test
+protocol (`outputs`; `Family.input_size` 640: letterboxed top-left, zero padding after normalising,
+boxes clipped to the image), the strict `.pth` key map (`weights`) and the training augmentation
+(`augment`).
 
-- `model`: the eight released architectures (`SPECS`) as Flax modules named like the mmdet checkpoints,
-  raw outputs in the ONNX export's convention; checked against an independent torch re-statement;
-- `weights`: the strict `.pth` key map (mmcv checkpoints and plain state dicts);
-- `anchors`, `box_coding`: the static anchor tables and the matched distance coding pairs;
-- `augment`: the training augmentation.
-
-Not yet: the family contract object (detection with the mmdet and insightface test protocols, the
-name-table entry), insightface's ONNX files, ATSS and the losses (the SCRFD issues).
+Not yet: insightface's ONNX files, the deployment protocol of `scrfd.py` as an option, ATSS, the
+losses and the configs (the SCRFD issues); `FAMILY.training` is None until then.
 """
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+from jaxface.family import Family
+from jaxface.keypoints import FIVE_POINTS
+from jaxface.scrfd import outputs, weights
+from jaxface.scrfd.model import SCRFD, SPECS, ScrfdSpec
+
+__all__ = ['FAMILY', 'SCRFD', 'SPECS', 'ScrfdSpec']
+
+
+def _build(spec: ScrfdSpec, *, dtype=jnp.float32, bn_axis_name: str | None = None,
+           cpu_kernels: bool | None = None) -> SCRFD:
+  return SCRFD(spec, dtype=dtype, bn_axis_name=bn_axis_name, cpu_kernels=cpu_kernels)
+
+
+def _convert_torch(state_dict: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+  return weights.convert_detector(state_dict, FAMILY.spec(name), source)
+
+
+FAMILY = Family(
+    name='scrfd',
+    specs=SPECS,
+    build=_build,
+    preprocess=outputs.preprocess,
+    pad_bgr=None,             # mmdet pads with 0 after normalising: no uint8 colour is 0 there
+    keypoints=FIVE_POINTS,
+    anchor_cells=outputs.anchor_cells,
+    scores=outputs.scores,
+    decode=outputs.decode,
+    nms_threshold=0.45,       # test_cfg nms iou_threshold
+    nms_plus_one=False,       # mmcv's NMS: plain IoU
+    test_scale='vga',         # every published SCRFD number
+    convert_torch=_convert_torch,
+    input_size=640,           # tools/test_widerface.py --mode 0: keep-ratio resize to 640, pad to 640 x 640
+)

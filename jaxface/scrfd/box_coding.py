@@ -18,7 +18,8 @@ def distance2bbox(centres: jax.Array, distances: jax.Array, max_hw: jax.Array | 
   if max_hw is None:
     return boxes
   hi = jnp.asarray(max_hw, jnp.float32)[::-1]  # (w, h)
-  return jnp.clip(boxes, 0.0, jnp.concatenate([hi, hi]))
+  hi = jnp.concatenate([hi, hi]).reshape((1,) * (boxes.ndim - 1) + (4,))
+  return jnp.clip(boxes, 0.0, hi)
 
 
 def bbox2distance(centres: jax.Array, boxes: jax.Array) -> jax.Array:

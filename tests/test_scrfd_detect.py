@@ -1,0 +1,72 @@
+"""SCRFD detection through `load_detector`'s machinery against the re-statement's mmdet test protocol
+(tests/reference_scrfd.py, REFERENCE.md §2.9): keep-ratio resize to 640, zero padding after
+normalising, boxes clipped to the image, rescaled per axis, NMS 0.45 without the +1, scores > conf.
+
+Random weights with the classifier's reference initialisation (bias -4.595) and damped weights, so a
+photo gives a few hundred candidates rather than thousands; a confidence threshold keeps the
+comparison to faces below `max_detections`.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+import reference_scrfd as ref
+from conftest import shared_file
+from jaxface import families, inference
+from jaxface.detector import Detector
+from jaxface.scrfd import FAMILY, weights
+
+torch = pytest.importorskip('torch')
+
+
+def _random_scrfd(arch: str):
+  torch.set_num_threads(1)
+  net = ref.randomize_(ref.build_scrfd(arch), seed=3)
+  with torch.no_grad():
+    for name, p in net.named_parameters():
+      if 'stride_cls' in name:
+        p.mul_(0.5) if name.endswith('weight') else p.fill_(-4.595)
+  variables = weights.convert_detector({k: v.numpy() for k, v in net.state_dict().items()}, FAMILY.spec(arch))
+  return net, variables
+
+
+@pytest.mark.parametrize('arch, image, conf', [('scrfd_500m_bnkps', 'crowd.jpg', 0.03), ('scrfd_2.5g', 'street.jpg', 0.05)])
+def test_detections_equal_the_mmdet_protocol(arch, image, conf):
+  net, variables = _random_scrfd(arch)
+  img = cv2.imread(str(shared_file('data', 'images', image)))
+  want = ref.mmdet_detect(img, ref.torch_runner(net), score_thr=conf)
+  got = Detector(FAMILY, arch, variables).detect(img, conf_threshold=conf)
+  assert 10 < len(want.scores) < inference.PostprocessConfig().max_detections
+  assert len(got) == len(want.scores)
+  np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-5)  # both descending
+  # Faces whose scores are a rounding apart may come in either order: compare them sorted by place.
+  order = lambda boxes: np.lexsort(np.round(boxes, 1).T[::-1])
+  mine, theirs = order(got.boxes), order(want.boxes)
+  np.testing.assert_allclose(got.boxes[mine], want.boxes[theirs], rtol=0, atol=0.01)
+  np.testing.assert_allclose(got.scores[mine], want.scores[theirs], rtol=0, atol=1e-5)
+  if want.kps is None:
+    assert got.landmarks.shape == (len(got), 0, 2)
+  else:
+    np.testing.assert_allclose(got.landmarks[mine], want.kps[theirs], rtol=0, atol=0.01)
+
+
+def test_raw_outputs_are_the_export_convention_on_the_letterboxed_input():
+  """`raw_outputs(img)` runs the default protocol's 640 x 640 input: the torch model's outputs on
+  mmdet's blob, levels 8, 16, 32 concatenated."""
+  arch = 'scrfd_500m_bnkps'
+  net, variables = _random_scrfd(arch)
+  img = cv2.imread(str(shared_file('data', 'images', 'street.jpg')))  # 450 x 302: 640 x 430, then padded
+  blob, _ = ref.mmdet_preprocess(img)
+  with torch.no_grad():
+    want = ref.split_outputs(net(torch.from_numpy(blob)))
+  got = Detector(FAMILY, arch, variables).raw_outputs(img)
+  assert [g.shape for g in got] == [(16800, 1), (16800, 4), (16800, 10)]
+  for g, w in zip(got, (want.scores, want.boxes, want.kps)):
+    np.testing.assert_allclose(g, np.concatenate([np.asarray(x)[0] for x in w]), rtol=0, atol=1e-4)
+
+
+def test_scrfd_archs_are_in_the_name_table():
+  assert families.family_of('scrfd_10g_bnkps') is FAMILY
+  assert {'scrfd_500m', 'scrfd_34g', 'retinaface_mnet'} <= set(families.ARCHS)
