@@ -70,3 +70,23 @@ def test_raw_outputs_are_the_export_convention_on_the_letterboxed_input():
 def test_scrfd_archs_are_in_the_name_table():
   assert families.family_of('scrfd_10g_bnkps') is FAMILY
   assert {'scrfd_500m', 'scrfd_34g', 'retinaface_mnet'} <= set(families.ARCHS)
+
+
+def test_cli_reads_an_mmcv_checkpoint(tmp_path):
+  """`python -m jaxface.detect --weights FILE.pth --arch scrfd_...` on an mmcv checkpoint as the
+  released files are (`{'meta', 'state_dict'}`, written by torch.save), read without torch."""
+  import collections
+  import json
+  from jaxface import detect
+  arch = 'scrfd_500m_bnkps'
+  net, _ = _random_scrfd(arch)
+  path = tmp_path / f'{arch}.pth'
+  torch.save({'meta': {'CLASSES': ('FG',), 'epoch': 640, 'mmdet_version': '2.7.0', 'config': 'model = dict()'},
+              'state_dict': collections.OrderedDict(net.state_dict())}, path)
+  out = tmp_path / 'out.jsonl'
+  image = shared_file('data', 'images', 'street.jpg')
+  assert detect.main(['--weights', str(path), '--arch', arch, '--conf', '0.05', '--json', str(out), str(image)]) == 0
+  [record] = [json.loads(line) for line in out.read_text().splitlines()]
+  want = ref.mmdet_detect(cv2.imread(str(image)), ref.torch_runner(net), score_thr=0.05)
+  assert len(record['faces']) == len(want.scores) > 0
+  np.testing.assert_allclose(sorted(f['score'] for f in record['faces']), sorted(want.scores), atol=1e-4)
