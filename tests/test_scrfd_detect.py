@@ -90,3 +90,28 @@ def test_cli_reads_an_mmcv_checkpoint(tmp_path):
   want = ref.mmdet_detect(cv2.imread(str(image)), ref.torch_runner(net), score_thr=0.05)
   assert len(record['faces']) == len(want.scores) > 0
   np.testing.assert_allclose(sorted(f['score'] for f in record['faces']), sorted(want.scores), atol=1e-4)
+
+
+def test_evaluate_py_runs_a_converted_scrfd_directory(tmp_path):
+  """`evaluate.py --ckpt DIR` on an SCRFD directory: the family's protocol (the detector letterboxes),
+  and each prediction file holds the detector's faces for that image, in its pixels."""
+  import json
+  from jaxface import saved_models
+  from jaxface.evaluation import cli, run
+  from jaxface.evaluation.predictions import read_prediction_file
+  arch = 'scrfd_2.5g'
+  _, variables = _random_scrfd(arch)
+  ckpt = tmp_path / 'ckpt'
+  saved_models.save_variables(str(ckpt), variables, {'arch': arch, 'source': 'random'})
+  out = tmp_path / 'preds'
+  args = ['--ckpt', str(ckpt), '--dataset', 'synthetic', '--synthetic-images', '3', '--conf', '0.05',
+          '--out', str(out), '--json', str(tmp_path / 'r.json')]
+  assert cli.main(args) == 0
+  assert set(json.loads((tmp_path / 'r.json').read_text())['ap']) == {'easy', 'medium', 'hard'}
+  gt, load = run.synthetic_val(3, 1)
+  event, name = gt.events[0], gt.files[0][0]
+  rows = read_prediction_file(out / event / f'{name}.txt')
+  got = Detector(FAMILY, arch, variables).detect(load(event, name), conf_threshold=0.05)
+  assert len(rows) == len(got) > 0
+  np.testing.assert_allclose(rows[:, :2], got.boxes[:, :2], atol=1e-3)
+  np.testing.assert_allclose(rows[:, 4], got.scores, atol=1e-6)
