@@ -89,17 +89,19 @@ def _reference_outputs(net, images_nhwc):
   return cat(out.scores, 1), cat(out.boxes, 4), (cat(out.kps, 10) if out.kps is not None else None)
 
 
-# 100 x 132: odd at stride 8 for the ResNets' max-pool (50 -> 25), and a non-2x upsampling.
+# 640 x 640: the test protocol's input. 100 x 132: odd at stride 8 for the ResNets' max-pool (50 -> 25),
+# and a non-2x upsampling.
 @pytest.mark.parametrize('arch', sorted(model.SPECS))
-def test_raw_outputs_equal_the_restatement(arch):
+@pytest.mark.parametrize('shape', [(1, 640, 640), (2, 100, 132)])
+def test_raw_outputs_equal_the_restatement(arch, shape):
   net = ref.randomize_(ref.build_scrfd(arch), seed=1)
   variables = weights.convert_detector({k: v.numpy() for k, v in net.state_dict().items()}, model.SPECS[arch])
-  images = np.random.default_rng(2).uniform(-1, 1, (2, 100, 132, 3)).astype(np.float32)
+  images = np.random.default_rng(2).uniform(-1, 1, (*shape, 3)).astype(np.float32)
   want = _reference_outputs(net, images)
   paths = (None, False) if arch in ('scrfd_500m', 'scrfd_10g_bnkps') else (None,)  # CPU kernels, plain layers
   for cpu_kernels in paths:
     got = jax.jit(model.SCRFD(model.SPECS[arch], cpu_kernels=cpu_kernels).apply)(variables, jnp.asarray(images))
-    assert got[0].shape[1] == len(anchors.anchor_grid(100, 132, model.SPECS[arch].backbone.max_pool_stem)[0])
+    assert got[0].shape[1] == len(anchors.anchor_grid(*shape[1:], model.SPECS[arch].backbone.max_pool_stem)[0])
     for name, g, w in zip(('scores', 'boxes', 'keypoints'), got, want):
       if w is None:
         assert g.shape[-1] == 0
