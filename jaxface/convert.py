@@ -24,9 +24,26 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, source: str = '
   return families.weights_family(arch).convert_torch(state_dict, arch, source)
 
 
-def convert_file(path: str, arch: str) -> dict[str, Any]:
-  """Reads a `.pth`/`.tar` (either torch format, no torch needed) and converts it for `arch` (a
-  detector or an ImageNet backbone of `families.WEIGHT_NAMES`)."""
+def convert_onnx_file(path: str, arch: str | None = None) -> tuple[str, dict[str, Any]]:
+  """Reads a released ONNX file (the optional `onnx` package) -> `(arch, variables)`; with no `arch`,
+  the families that read ONNX recognise the architecture from the graph."""
+  candidates = [families.family_of(arch)] if arch is not None else [f for f in families.FAMILIES if f.convert_onnx]
+  if arch is not None and candidates[0].convert_onnx is None:
+    raise ValueError(f'{path}: the {candidates[0].name} family does not read ONNX files')
+  errors = []
+  for family in candidates:
+    try:
+      return family.convert_onnx(path, arch)
+    except CheckpointMismatch as e:
+      errors.append(str(e))
+  raise CheckpointMismatch('\n'.join(errors))
+
+
+def convert_file(path: str, arch: str | None) -> dict[str, Any]:
+  """Reads a `.pth`/`.tar` (either torch format, no torch needed) or a released `.onnx` file and
+  converts it for `arch` (a detector or an ImageNet backbone of `families.WEIGHT_NAMES`)."""
+  if str(path).lower().endswith('.onnx'):
+    return convert_onnx_file(path, arch)[1]
   families.weights_family(arch)  # an unknown name fails before the file is read
   obj = load_torch_file(path)
   if not isinstance(obj, Mapping):
@@ -37,7 +54,8 @@ def convert_file(path: str, arch: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m jaxface.convert', description=__doc__.split('\n')[0])
   parser.add_argument('--arch', required=True, help=f'one of: {", ".join(families.WEIGHT_NAMES)}')
-  parser.add_argument('--src', required=True, help='PyTorch checkpoint (.pth / .tar, zip or legacy format)')
+  parser.add_argument('--src', required=True,
+                      help='PyTorch checkpoint (.pth / .tar, zip or legacy format), or a released .onnx file')
   parser.add_argument('--out', required=True, help='output checkpoint directory')
   args = parser.parse_args(argv)
   if args.arch not in families.WEIGHT_NAMES:

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m jaxface.detect', description=__doc__.split('\n')[0],
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--weights',
-                      help='PyTorch checkpoint (.pth/.tar; needs --arch) or a converted checkpoint directory '
+                      help='PyTorch checkpoint (.pth/.tar; needs --arch), released .onnx file, or a converted checkpoint directory '
                            '(default: the model shipped with jaxface, retinaface_mnet_relu, nothing to download)')
   parser.add_argument('--arch', help=f'one of: {", ".join(ARCHS)} (optional for a converted directory)')
   parser.add_argument('--conf', type=_fraction('--conf', low_open=False), default=0.5,
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.weights is not None and not os.path.exists(args.weights):
     print(f'error: no such checkpoint file or directory: {args.weights}', file=sys.stderr)
     return 1
-  if args.weights is not None and not os.path.isdir(args.weights) and args.arch is None:
+  if (args.weights is not None and not os.path.isdir(args.weights) and not args.weights.lower().endswith('.onnx')
+      and args.arch is None):
     parser.error(f'{args.weights} is a PyTorch file: pass --arch (one of {", ".join(ARCHS)})')
 
   paths, errors = find_images(args.inputs)

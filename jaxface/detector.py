@@ -132,7 +132,8 @@ class Detector:
 
 def load_detector(path: str | None = None, arch: str | None = None, *, step: int | None = None,
                   **kwargs) -> Detector:
-  """A `Detector` from a PyTorch checkpoint (`.pth`/`.tar`, needs `arch`), a converted directory,
+  """A `Detector` from a PyTorch checkpoint (`.pth`/`.tar`, needs `arch`), a released `.onnx` file
+  (the architecture recognised from its graph; SCRFD), a converted directory,
   or a `train.py` workdir (its latest checkpoint, or `step`'s); with no `path`, the default model
   (`families.DEFAULT_MODEL`, package data: nothing to download).
 
@@ -152,7 +153,10 @@ def load_detector(path: str | None = None, arch: str | None = None, *, step: int
     return Detector(families.family_of(meta['arch']), meta['arch'], variables, **kwargs)
   if not os.path.exists(path):
     raise FileNotFoundError(f'no such checkpoint file or directory: {path}')
+  from jaxface import convert
+  if str(path).lower().endswith('.onnx'):  # the architecture is recognised from the graph
+    arch, variables = convert.convert_onnx_file(path, arch)
+    return Detector(families.family_of(arch), arch, variables, **kwargs)
   if arch is None:
     raise ValueError(f'{path} is a PyTorch file: pass arch= (one of {", ".join(families.ARCHS)})')
-  from jaxface.convert import convert_file
-  return Detector(families.family_of(arch), arch, convert_file(path, arch), **kwargs)
+  return Detector(families.family_of(arch), arch, convert.convert_file(path, arch), **kwargs)

@@ -85,6 +85,8 @@ class Family:
     is an arch of `specs` or an ImageNet backbone name of `backbones`.
   backbones: the ImageNet backbone names `convert_torch` also takes (for training).
   training: the train-side parts, or None for an inference-only family.
+  convert_onnx: `(path, arch or None) -> (arch, variables)` for the family's released ONNX files
+    (the architecture recognised from the graph when `arch` is None), or None.
   """
   name: str
   specs: Mapping[str, Any]
@@ -102,6 +104,7 @@ class Family:
   backbones: tuple[str, ...] = ()
   training: Training | None = None
   input_size: int | None = None
+  convert_onnx: Callable[[str, str | None], tuple[str, dict[str, Any]]] | None = None
 
   def spec(self, arch: str) -> Any:
     """The spec of a released architecture; an unknown name lists the valid ones."""

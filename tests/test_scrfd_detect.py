@@ -115,3 +115,38 @@ def test_evaluate_py_runs_a_converted_scrfd_directory(tmp_path):
   assert len(rows) == len(got) > 0
   np.testing.assert_allclose(rows[:, :2], got.boxes[:, :2], atol=1e-3)
   np.testing.assert_allclose(rows[:, 4], got.scores, atol=1e-6)
+
+
+@pytest.mark.parametrize('arch, layout', [('scrfd_500m_bnkps', 'single'), ('scrfd_10g_bnkps', 'batched')])
+def test_onnx_files_load_by_structure_and_match_onnxruntime(arch, layout, tmp_path):
+  """insightface's kind of file (BN folded into the convs, opset 11; batch-1 rank-2 outputs in older
+  files, batched rank-3 in newer): `load_detector(FILE)` recognises the architecture from the graph, and
+  its raw outputs on the letterboxed input equal ONNX Runtime running the same file."""
+  ort = pytest.importorskip('onnxruntime')
+  pytest.importorskip('onnx')
+  from jaxface import load_detector
+  net, _ = _random_scrfd(arch)
+  path = str(tmp_path / 'det.onnx')
+  ref.export_onnx(net, path, layout=layout)
+  det = load_detector(path)
+  assert det.arch == arch
+  img = cv2.imread(str(shared_file('data', 'images', 'street.jpg')))
+  blob, _ = ref.mmdet_preprocess(img)
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = 1
+  want = ref.split_outputs(ref.onnx_runner(ort.InferenceSession(path, options))(blob))
+  got = det.raw_outputs(img)
+  for g, w in zip(got, (want.scores, want.boxes, want.kps)):
+    np.testing.assert_allclose(g, np.concatenate([np.asarray(x).reshape(-1, g.shape[-1]) for x in w]), atol=1e-4)
+
+
+def test_an_onnx_file_of_another_architecture_fails_naming_the_node(tmp_path):
+  pytest.importorskip('onnx')
+  from jaxface.convert import convert_onnx_file
+  from jaxface.state_dicts import CheckpointMismatch
+  net, _ = _random_scrfd('scrfd_2.5g_bnkps')
+  path = str(tmp_path / 'det.onnx')
+  ref.export_onnx(net, path, layout='single')
+  with pytest.raises(CheckpointMismatch, match=r'Conv node \d+ \(.*\): weight \[.*expected weight \['):
+    convert_onnx_file(path, 'scrfd_10g_bnkps')
+  assert convert_onnx_file(path)[0] == 'scrfd_2.5g_bnkps'

@@ -4,7 +4,9 @@ protocol (`outputs`; `Family.input_size` 640: letterboxed top-left, zero padding
 boxes clipped to the image), the strict `.pth` key map (`weights`) and the training augmentation
 (`augment`).
 
-Not yet: insightface's ONNX files, the deployment protocol of `scrfd.py` as an option, ATSS, the
+insightface's ONNX files (BN folded, numeric names) load by graph structure (`onnx_weights`).
+
+Not yet: the deployment protocol of `scrfd.py` as an option, ATSS, the
 losses and the configs (the SCRFD issues); `FAMILY.training` is None until then.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxface.family import Family
 from jaxface.keypoints import FIVE_POINTS
-from jaxface.scrfd import outputs, weights
+from jaxface.scrfd import onnx_weights, outputs, weights
 from jaxface.scrfd.model import SCRFD, SPECS, ScrfdSpec
 
 __all__ = ['FAMILY', 'SCRFD', 'SPECS', 'ScrfdSpec']
@@ -24,6 +26,11 @@ __all__ = ['FAMILY', 'SCRFD', 'SPECS', 'ScrfdSpec']
 def _build(spec: ScrfdSpec, *, dtype=jnp.float32, bn_axis_name: str | None = None,
            cpu_kernels: bool | None = None) -> SCRFD:
   return SCRFD(spec, dtype=dtype, bn_axis_name=bn_axis_name, cpu_kernels=cpu_kernels)
+
+
+def _convert_onnx(path: str, arch: str | None) -> tuple[str, dict[str, Any]]:
+  arch = arch or onnx_weights.recognise(path)
+  return arch, onnx_weights.convert_onnx(path, FAMILY.spec(arch))
 
 
 def _convert_torch(state_dict: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -45,4 +52,5 @@ FAMILY = Family(
     test_scale='vga',         # every published SCRFD number
     convert_torch=_convert_torch,
     input_size=640,           # tools/test_widerface.py --mode 0: keep-ratio resize to 640, pad to 640 x 640
+    convert_onnx=_convert_onnx,
 )
