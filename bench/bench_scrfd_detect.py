@@ -33,12 +33,7 @@ from jaxface import load_detector
 
 
 def random_scrfd(arch: str):
-  net = ref.randomize_(ref.build_scrfd(arch), seed=3)
-  with torch.no_grad():
-    for name, p in net.named_parameters():
-      if 'stride_cls' in name:
-        p.mul_(0.5) if name.endswith('weight') else p.fill_(-4.595)
-  return net
+  return ref.damp_classifier_(ref.randomize_(ref.build_scrfd(arch), seed=3))
 
 
 def mixed_photos(shared) -> list[np.ndarray]:

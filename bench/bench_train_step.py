@@ -195,9 +195,9 @@ def _part(op_name: str, chain) -> str:
   files = ' '.join(f for f, _, _ in chain)
   if 'matching.py' in files:
     return 'matching'
-  if 'multibox_loss.py' in files or 'box_coding.py' in files:
+  if 'retinaface/loss.py' in files or 'box_coding.py' in files:
     return 'loss (fwd+bwd)'
-  if '/models/' in files:
+  if any(f in files for f in ('layers.py', 'cpu_kernels.py', 'retinaface/model.py', 'mobilenet.py', 'resnet.py')):
     return 'network backward' if 'transpose(' in op_name else 'network forward'
   if 'train_step.py' in files:
     return 'optimizer, grad norm'

@@ -23,11 +23,7 @@ torch = pytest.importorskip('torch')
 
 def _random_scrfd(arch: str):
   torch.set_num_threads(1)
-  net = ref.randomize_(ref.build_scrfd(arch), seed=3)
-  with torch.no_grad():
-    for name, p in net.named_parameters():
-      if 'stride_cls' in name:
-        p.mul_(0.5) if name.endswith('weight') else p.fill_(-4.595)
+  net = ref.damp_classifier_(ref.randomize_(ref.build_scrfd(arch), seed=3))
   variables = weights.convert_detector({k: v.numpy() for k, v in net.state_dict().items()}, FAMILY.spec(arch))
   return net, variables
 
@@ -150,3 +146,7 @@ def test_an_onnx_file_of_another_architecture_fails_naming_the_node(tmp_path):
   with pytest.raises(CheckpointMismatch, match=r'Conv node \d+ \(.*\): weight \[.*expected weight \['):
     convert_onnx_file(path, 'scrfd_10g_bnkps')
   assert convert_onnx_file(path)[0] == 'scrfd_2.5g_bnkps'
+  not_onnx = tmp_path / 'det_10g.onnx'
+  not_onnx.write_bytes(b'\x00not a protobuf at all' * 10)
+  with pytest.raises(CheckpointMismatch, match=r'det_10g\.onnx: not a readable ONNX model'):
+    convert_onnx_file(str(not_onnx))

@@ -115,7 +115,6 @@ class RetinaFaceSpec:
   min_sizes: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
   steps: tuple[int, ...] = (8, 16, 32)
   variances: tuple[float, float] = box_coding.VARIANCES
-  nms_threshold: float = 0.4  # the reference's test-time NMS IoU.
 
 
 class RetinaFace(nn.Module):

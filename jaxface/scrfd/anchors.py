@@ -11,6 +11,7 @@ import functools
 import numpy as np
 
 STRIDES = (8, 16, 32)
+ANCHORS_PER_CELL = 2
 SIZES = ((16, 32), (64, 128), (256, 512))  # base size x scales (1, 2), per level
 
 
@@ -41,7 +42,7 @@ def anchor_grid(height: int, width: int, max_pool_stem: bool = False) -> tuple[n
   centres, cells = [], []
   for s in STRIDES:
     fh, fw = feature_size(height, s, max_pool_stem), feature_size(width, s, max_pool_stem)
-    rows, cols, _ = np.meshgrid(np.arange(fh), np.arange(fw), np.arange(2), indexing='ij')
+    rows, cols, _ = np.meshgrid(np.arange(fh), np.arange(fw), np.arange(ANCHORS_PER_CELL), indexing='ij')
     rows, cols = rows.ravel(), cols.ravel()
     centres.append(np.stack([cols * s, rows * s], axis=-1))
     cells.append(np.stack([rows, cols, np.full_like(rows, s)], axis=-1))
@@ -57,7 +58,7 @@ def anchor_boxes(height: int, width: int, max_pool_stem: bool = False) -> np.nda
   centres, cells = anchor_grid(height, width, max_pool_stem)
   level_sizes = []
   for s, sizes in zip(STRIDES, SIZES):
-    n = int(np.sum(cells[:, 2] == s)) // 2
+    n = int(np.sum(cells[:, 2] == s)) // ANCHORS_PER_CELL
     level_sizes.append(np.tile(np.asarray(sizes, np.float32), n))
   side = np.concatenate(level_sizes)[:, None] / 2
   return np.concatenate([centres - side, centres + side], axis=-1)

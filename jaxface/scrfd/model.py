@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxface.layers import Conv, ConvBN, ConvDW, GroupNorm, bn_act, leaky_relu, torch_bn, upsample_nearest
+from jaxface.scrfd.anchors import ANCHORS_PER_CELL, STRIDES
 
-STRIDES = (8, 16, 32)
-ANCHORS_PER_CELL = 2
 NUM_KEYPOINTS = 5
 
 
@@ -63,7 +62,6 @@ class ScrfdSpec:
   depthwise: bool                # depthwise-separable head convs
   use_scale: bool                # a learnt `Scale` on each level's box distances
   use_kps: bool                  # five keypoints (the `_bnkps` models)
-  nms_threshold: float = 0.45    # mmdet test_cfg
 
 
 _MNET_500M = MobileNetV1Spec((2, 3, 2, 6), (16, 16, 40, 72, 152, 288))

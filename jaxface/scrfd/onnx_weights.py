@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface import layers
-from jaxface.state_dicts import CheckpointMismatch
+from jaxface.state_dicts import CheckpointMismatch, template
 from jaxface.scrfd.model import SCRFD, SPECS, ScrfdSpec, _Scale
 
 
@@ -51,7 +51,10 @@ def _onnx_graph(path: str):
     from onnx import numpy_helper
   except ImportError as e:
     raise ImportError(f'{path}: reading ONNX files needs the optional `onnx` package (pip install onnx)') from e
-  model = onnx.load(path)
+  try:
+    model = onnx.load(path)
+  except Exception as e:  # noqa: BLE001  protobuf's DecodeError and friends: not an ONNX model at all
+    raise CheckpointMismatch(f'{path}: not a readable ONNX model ({type(e).__name__}: {e})') from e
   inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
   for node in model.graph.node:  # constants stored as nodes, and shared initializers behind Identity nodes
     if node.op_type == 'Constant' and node.attribute and node.attribute[0].HasField('t'):
@@ -151,8 +154,7 @@ def convert_onnx(path: str, spec: ScrfdSpec, *, eps: float = 1e-5) -> dict[str, 
     params[p + ('value',)] = np.asarray(value, np.float32).reshape(())
   variables = {'params': flax.traverse_util.unflatten_dict(params),
                'batch_stats': flax.traverse_util.unflatten_dict(stats)}
-  template = jax.eval_shape(SCRFD(spec).init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
-  want_shapes = jax.tree_util.tree_map(lambda a: a.shape, template)
+  want_shapes = jax.tree_util.tree_map(lambda a: a.shape, template(SCRFD(spec)))
   got_shapes = jax.tree_util.tree_map(lambda a: a.shape, variables)
   if want_shapes != got_shapes:
     raise CheckpointMismatch(f'{path}: the graph does not fill the architecture\'s variables exactly')
@@ -161,6 +163,7 @@ def convert_onnx(path: str, spec: ScrfdSpec, *, eps: float = 1e-5) -> dict[str, 
 
 def recognise(path: str) -> str:
   """The released BatchNorm SCRFD architecture whose convs the file's graph fits, tried smallest first."""
+  _onnx_graph(path)  # a file that is no ONNX model fails here, once
   errors = []
   for arch, spec in sorted(SPECS.items(), key=lambda kv: kv[0]):
     if spec.gn_groups is not None:
