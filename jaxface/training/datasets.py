@@ -39,8 +39,8 @@ def train_source(data) -> pipeline.Source:
   if not data.wider_root:
     raise FileNotFoundError('WIDER FACE root not set: pass --config.data.wider_root=/path/to/widerface (or set '
                             '$WIDER_ROOT); it must hold train/label.txt and train/images/ (RetinaFace layout). '
-                            'To try training without WIDER FACE, use the synthetic demo: '
-                            '--config configs/retinaface_mnet.py:demo')
+                            "To try training without WIDER FACE, use the config's synthetic demo: "
+                            '--config configs/<model>.py:demo')
   paths = wider_paths(data.wider_root)
   if not os.path.isfile(paths['label']):
     raise FileNotFoundError(f'WIDER FACE training annotations not found: expected {paths["label"]} '
