@@ -1,8 +1,8 @@
 """Detect faces in images and folders; write one JSON record per image (JSON Lines).
 
 CLI:
-  python -m jaxface.detect [--weights FILE_OR_DIR [--arch ARCH]] [--conf 0.5] [--nms 0.4]
-      [--json OUT.jsonl] [--save-vis DIR] [--bucketed] IMAGES_OR_FOLDERS...
+  python -m jaxface.detect [--weights FILE_OR_DIR [--arch ARCH]] [--protocol NAME] [--conf 0.5]
+      [--nms 0.4] [--max-num N] [--json OUT.jsonl] [--save-vis DIR] [--bucketed] IMAGES_OR_FOLDERS...
 
 Without --json the records go to stdout (and the progress lines to stderr).
 
@@ -26,7 +26,7 @@ import cv2
 
 from jaxface.detector import Detections, load_detector
 from jaxface.images import ImageReadError, read_image
-from jaxface.families import ARCHS, DEFAULT_MODEL
+from jaxface.families import ARCHS, DEFAULT_MODEL, FAMILIES, protocols
 from jaxface.visualize import draw_detections
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
@@ -104,8 +104,8 @@ def _chunks(paths: list[str], size: int) -> Iterator[list[str]]:
     yield paths[start:start + size]
 
 
-def run(detector, paths: list[str], out: TextIO, *, conf: float, nms: float | None, vis_dir: str | None,
-        log: TextIO, err: TextIO) -> tuple[int, int, int]:
+def run(detector, paths: list[str], out: TextIO, *, conf: float | None, nms: float | None, vis_dir: str | None,
+        log: TextIO, err: TextIO, max_num: int = 0) -> tuple[int, int, int]:
   """Detects, writes records and pictures; returns (images done, faces found, images failed)."""
   done = faces = failed = 0
   used: set[str] = set()
@@ -120,7 +120,7 @@ def run(detector, paths: list[str], out: TextIO, *, conf: float, nms: float | No
         failed += 1
     if not images:
       continue
-    for path, image, det in zip(good, images, detector.detect_batch(images, conf, nms)):
+    for path, image, det in zip(good, images, detector.detect_batch(images, conf, nms, max_num)):
       out.write(json.dumps(to_record(path, image.shape[:2], det)) + '\n')
       line = f'{path}: {len(det)} face{"" if len(det) == 1 else "s"}'
       if vis_dir is not None:
@@ -153,10 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help='PyTorch checkpoint (.pth/.tar; needs --arch), released .onnx file, or a converted checkpoint directory '
                            '(default: the model shipped with jaxface, retinaface_mnet_relu, nothing to download)')
   parser.add_argument('--arch', help=f'one of: {", ".join(ARCHS)} (optional for a converted directory)')
-  parser.add_argument('--conf', type=_fraction('--conf', low_open=False), default=0.5,
-                      help='keep faces scoring above this (default: %(default)s)')
+  names = sorted({p for f in FAMILIES for p in protocols(f)})
+  parser.add_argument('--protocol', choices=names, default=None,
+                      help="test protocol (default: the family's own; SCRFD: mmdet, or insightface for "
+                           "scrfd.py's deployment path, which also sets --conf 0.5 and --nms 0.4 by default)")
+  parser.add_argument('--conf', type=_fraction('--conf', low_open=False), default=None,
+                      help='keep faces scoring above this (default: 0.5, or the --protocol\'s when given)')
   parser.add_argument('--nms', type=_fraction('--nms', low_open=True), default=None,
-                      help="NMS IoU threshold (default: the model's, 0.4 for RetinaFace)")
+                      help="NMS IoU threshold (default: the protocol's; 0.4 for RetinaFace, 0.45 for SCRFD's mmdet)")
+  parser.add_argument('--max-num', type=int, default=0, metavar='N',
+                      help="keep each image's N largest, most central faces (insightface's max_num; default: all)")
   parser.add_argument('--json', default='-', metavar='OUT.jsonl',
                       help="output file, JSON Lines (one object per image); '-' for stdout (default)")
   parser.add_argument('--save-vis', metavar='DIR',
@@ -202,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
       print(f'error: cannot write {e.filename}: {e.strerror}', file=sys.stderr)
       return 1
     try:
-      detector = load_detector(args.weights, arch=args.arch, bucketed=args.bucketed, batch_size=args.batch_size)
+      detector = load_detector(args.weights, arch=args.arch, protocol=args.protocol, bucketed=args.bucketed,
+                               batch_size=args.batch_size)
     except (OSError, ValueError, TypeError, EOFError) as e:
       name = args.weights or DEFAULT_MODEL
       message = str(e) if name in str(e) else f'{name}: {e}'
       print(f'error: cannot load the weights: {message}', file=sys.stderr)
       return 1
     start = time.perf_counter()
-    done, faces, failed = run(detector, paths, out, conf=args.conf, nms=args.nms, vis_dir=args.save_vis,
-                              log=log, err=sys.stderr)
+    conf = args.conf if args.conf is not None or args.protocol is not None else 0.5  # a display threshold
+    done, faces, failed = run(detector, paths, out, conf=conf, nms=args.nms, vis_dir=args.save_vis,
+                              log=log, err=sys.stderr, max_num=args.max_num)
   failed += len(errors)
   seconds = time.perf_counter() - start
   summary = f'{done} image{"" if done == 1 else "s"}, {faces} face{"" if faces == 1 else "s"} in {seconds:.1f} s'

@@ -67,15 +67,23 @@ class Detector:
       return h, w
     return inference.bucket_size(h, inference.BUCKETS), inference.bucket_size(w, inference.BUCKETS)
 
-  def detect(self, image: np.ndarray, conf_threshold: float = 0.02, nms_threshold: float | None = None) -> Detections:
-    """Faces in one `[H,W,3]` uint8 BGR image (as `cv2.imread` returns)."""
-    return self.detect_batch([image], conf_threshold, nms_threshold)[0]
+  def detect(self, image: np.ndarray, conf_threshold: float | None = None, nms_threshold: float | None = None,
+             max_num: int = 0) -> Detections:
+    """Faces in one `[H,W,3]` uint8 BGR image (as `cv2.imread` returns); see `detect_batch`."""
+    return self.detect_batch([image], conf_threshold, nms_threshold, max_num)[0]
 
-  def detect_batch(self, images: Sequence[np.ndarray], conf_threshold: float = 0.02,
-                   nms_threshold: float | None = None) -> list[Detections]:
-    """`detect` for many images: same-size (or same-bucket) images share compiled batches."""
+  def detect_batch(self, images: Sequence[np.ndarray], conf_threshold: float | None = None,
+                   nms_threshold: float | None = None, max_num: int = 0) -> list[Detections]:
+    """`detect` for many images: same-size (or same-bucket) images share compiled batches.
+
+    Thresholds default to the family's protocol (`Family.conf_threshold`, `nms_threshold`).
+    `max_num` > 0 keeps each image's `max_num` faces with the largest area minus twice the squared
+    offset from the image centre, in that order (insightface's `detect(max_num=...)`).
+    """
+    conf_threshold = self.family.conf_threshold if conf_threshold is None else conf_threshold
     nms_threshold = self.family.nms_threshold if nms_threshold is None else nms_threshold
     images = [as_bgr_uint8(im, f'image {i}') for i, im in enumerate(images)]
+    original_hw = [im.shape[:2] for im in images]
     factors = [None] * len(images)  # per-axis (x, y) input / image scale of a letterboxed image
     if self.family.input_size is not None:
       images, factors = zip(*(self._letterbox(im) for im in images))
@@ -92,6 +100,10 @@ class Detector:
         b = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())
         sizes = np.zeros((b, 2), np.int32)
         sizes[:len(chunk)] = [images[i].shape[:2] for i in chunk]
+        scale = None  # letterboxed: detections come back in the image's pixels, mapped before NMS
+        if factors[chunk[0]] is not None:
+          scale = np.ones((b, 2), np.float32)
+          scale[:len(chunk)] = [factors[i] for i in chunk]
         if b == 1 and images[chunk[0]].shape[:2] == (h, w):
           batch = images[chunk[0]][None]  # a view: no copy of the one exact-size image
         else:
@@ -99,22 +111,20 @@ class Detector:
           for j, i in enumerate(chunk):
             batch[j] = (images[i] if images[i].shape[:2] == (h, w)
                         else inference.pad_to(images[i], h, w, self.family.pad_bgr))
-        out = jax.device_get(self._detect(self.variables, batch, sizes, conf, nms))
+        out = jax.device_get(self._detect(self.variables, batch, sizes, conf, nms, scale))
         for j, i in enumerate(chunk):
           v = out['valid'][j]
-          boxes, points = out['boxes'][j][v], out['landmarks'][j][v]
-          if factors[i] is not None:  # back to the image's pixels, per axis in float32 (mmdet's rescale)
-            boxes, points = boxes / np.tile(factors[i], 2), points / factors[i]
-          results[i] = Detections(boxes, out['scores'][j][v], points)
+          pick = inference.largest_central(out['boxes'][j][v], original_hw[i], max_num)
+          results[i] = Detections(out['boxes'][j][v][pick], out['scores'][j][v][pick], out['landmarks'][j][v][pick])
     return results
 
   def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The image resized to fit the family's fixed input (`Family.input_size`), and the per-axis
-    scale `[2]` (x, y) from image to input pixels, float32 from the integer sizes as mmdet stores it."""
+    """The image resized to fit the family's fixed input (`Family.input_size`, by `Family.letterbox`),
+    and the scale `[2]` (x, y) float32 from image to input pixels."""
     h, w = image.shape[:2]
-    nh, nw = inference.letterbox_size(h, w, self.family.input_size)
+    nh, nw, scale = (self.family.letterbox or inference.mmcv_letterbox)(h, w, self.family.input_size)
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    return resized, np.array([nw / w, nh / h], np.float32)
+    return resized, scale
 
   def raw_outputs(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
     """The heads for the whole image at its exact size, in the reference's anchor order (RetinaFace:
@@ -131,18 +141,20 @@ class Detector:
 
 
 def load_detector(path: str | None = None, arch: str | None = None, *, step: int | None = None,
-                  **kwargs) -> Detector:
+                  protocol: str | None = None, **kwargs) -> Detector:
   """A `Detector` from a PyTorch checkpoint (`.pth`/`.tar`, needs `arch`), a released `.onnx` file
   (the architecture recognised from its graph; SCRFD), a converted directory,
   or a `train.py` workdir (its latest checkpoint, or `step`'s); with no `path`, the default model
   (`families.DEFAULT_MODEL`, package data: nothing to download).
 
-  Keyword arguments go to `Detector` (`bucketed`, `batch_size`, `postprocess`, `cpu_kernels`).
+  `protocol` picks a test protocol other than the family's own (`families.protocols`; SCRFD:
+  'mmdet' by default, 'insightface' for scrfd.py's deployment path). Other keyword arguments go to
+  `Detector` (`bucketed`, `batch_size`, `postprocess`, `cpu_kernels`).
   """
   if path is None:
     path = families.DEFAULT_MODEL
   if arch is not None:
-    families.family_of(arch)  # an unknown name lists the valid ones
+    families.family_of(arch, protocol)  # an unknown name lists the valid ones
   if os.path.isdir(path):
     variables, meta = saved_models.load_variables(path, step)
     if arch is not None and arch != meta['arch']:
@@ -150,13 +162,13 @@ def load_detector(path: str | None = None, arch: str | None = None, *, step: int
     if meta['arch'] not in families.ARCHS:
       raise ValueError(f'{path} holds a {meta["arch"]} checkpoint, which is not a detector; '
                        f'valid: {", ".join(families.ARCHS)}')
-    return Detector(families.family_of(meta['arch']), meta['arch'], variables, **kwargs)
+    return Detector(families.family_of(meta['arch'], protocol), meta['arch'], variables, **kwargs)
   if not os.path.exists(path):
     raise FileNotFoundError(f'no such checkpoint file or directory: {path}')
   from jaxface import convert
   if str(path).lower().endswith('.onnx'):  # the architecture is recognised from the graph
     arch, variables = convert.convert_onnx_file(path, arch)
-    return Detector(families.family_of(arch), arch, variables, **kwargs)
+    return Detector(families.family_of(arch, protocol), arch, variables, **kwargs)
   if arch is None:
     raise ValueError(f'{path} is a PyTorch file: pass arch= (one of {", ".join(families.ARCHS)})')
-  return Detector(families.family_of(arch), arch, convert.convert_file(path, arch), **kwargs)
+  return Detector(families.family_of(arch, protocol), arch, convert.convert_file(path, arch), **kwargs)

@@ -20,11 +20,29 @@ DEFAULT_MODEL: str = retinaface.DEFAULT_MODEL
 WEIGHT_NAMES: tuple[str, ...] = ARCHS + tuple(sorted(b for f in FAMILIES for b in f.backbones))
 
 
-def family_of(arch: str) -> Family:
-  """The family of a detector arch; an unknown name lists the valid ones."""
+# Test protocols beyond each family's own (`Family.protocol`): family name -> variants of its `Family`.
+PROTOCOLS: dict[str, tuple[Family, ...]] = {
+    'scrfd': (scrfd.DEPLOYMENT,),  # insightface's scrfd.py, the ONNX deployment path
+}
+
+
+def protocols(family: Family) -> tuple[str, ...]:
+  """The protocol names a family runs under, its own first."""
+  return (family.protocol,) + tuple(v.protocol for v in PROTOCOLS.get(family.name, ()))
+
+
+def family_of(arch: str, protocol: str | None = None) -> Family:
+  """The family of a detector arch, under `protocol` (None: the family's own); an unknown name
+  lists the valid ones."""
   for family in FAMILIES:
     if arch in family.specs:
-      return family
+      if protocol is None or protocol == family.protocol:
+        return family
+      for variant in PROTOCOLS.get(family.name, ()):
+        if variant.protocol == protocol:
+          return variant
+      raise ValueError(f'{arch} ({family.name}) has no test protocol {protocol!r}; '
+                       f'valid: {", ".join(protocols(family))}')
   raise ValueError(f'unknown arch {arch!r}; valid: {", ".join(ARCHS)}')
 
 

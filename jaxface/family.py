@@ -78,9 +78,17 @@ class Family:
   test_scale: the evaluation protocol its published WIDER numbers use ('original', 'mxnet', 'vga').
   input_size: None (any input size; anchors beyond an image padded into a larger batch are masked),
     or a fixed square network input: the detector resizes each image keeping its aspect ratio so the
-    long side is `input_size` (sides `int(x*s + 0.5)`, bilinear, as mmcv's `imrescale`), places it
-    top-left, keeps every anchor (boxes are clipped to the image by `decode`), and maps detections
-    back per axis (SCRFD's test protocol).
+    long side is `input_size` (by `letterbox`, bilinear), places it top-left, keeps every anchor
+    (`decode` clips boxes where the protocol does), and maps the decoded boxes back to the image's
+    pixels inside the program, before NMS (as the references do).
+  letterbox: `(h, w, input_size) -> (new_h, new_w, scale [2] float32 (x, y))`, the resize rule of a
+    fixed-input family; None: mmcv's `imrescale` (sides `int(x*s + 0.5)`, scale per axis from the
+    integer sizes, `inference.letterbox_size`).
+  conf_threshold: the default score threshold; conf_inclusive: keep scores `>=` it (else `>`).
+  pre_nms_top_k, max_detections: the reference's caps on NMS's input and output (None: none; the
+    compiled program then sizes them by the anchor count).
+  protocol: the name of this test protocol. A family package may export variants of its `Family`
+    with another protocol (`dataclasses.replace`); `jaxface.families.PROTOCOLS` names them.
   convert_torch: `(state dict with numpy values, name, source file) -> variables`, strict; `name`
     is an arch of `specs` or an ImageNet backbone name of `backbones`.
   backbones: the ImageNet backbone names `convert_torch` also takes (for training).
@@ -105,6 +113,12 @@ class Family:
   training: Training | None = None
   input_size: int | None = None
   convert_onnx: Callable[[str, str | None], tuple[str, dict[str, Any]]] | None = None
+  letterbox: Callable[[int, int, int], tuple[int, int, np.ndarray]] | None = None
+  conf_threshold: float = 0.02
+  conf_inclusive: bool = False
+  pre_nms_top_k: int | None = None
+  max_detections: int | None = None
+  protocol: str = 'reference'
 
   def spec(self, arch: str) -> Any:
     """The spec of a released architecture; an unknown name lists the valid ones."""

@@ -21,9 +21,18 @@ from jaxface.nms import nms
 
 @dataclasses.dataclass(frozen=True)
 class PostprocessConfig:
-  pre_nms_top_k: int = 5000        # RetinaFace's detect.py top_k (test_widerface.py applies none).
-  max_detections: int = 750        # RetinaFace's keep_top_k.
-  nms_plus_one: bool | None = None  # True: py_cpu_nms's +1 pixel IoU; False: plain IoU; None: the family's.
+  """The NMS caps and IoU convention; None: the family's (`Family.pre_nms_top_k`, `max_detections`,
+  `nms_plus_one`), where a cap of None means none (sized by the anchor count)."""
+  pre_nms_top_k: int | None = None
+  max_detections: int | None = None
+  nms_plus_one: bool | None = None
+
+  def resolve(self, family: Family) -> PostprocessConfig:
+    """This config with each None replaced by the family's value."""
+    pick = lambda mine, theirs: theirs if mine is None else mine
+    return PostprocessConfig(pick(self.pre_nms_top_k, family.pre_nms_top_k),
+                             pick(self.max_detections, family.max_detections),
+                             pick(self.nms_plus_one, family.nms_plus_one))
 
 
 def select_candidates(scores: jax.Array, ok: jax.Array, k: int, use_top_k: jax.Array | None = None) -> jax.Array:
@@ -52,10 +61,13 @@ def cells_inside(cells, height, width):
   return (cells[..., 0] < -(-height // step)) & (cells[..., 1] < -(-width // step))
 
 
-def detections_one(idx, scores, ok, outputs, image_hw, decode, nms_threshold, nms_plus_one: bool,
+def detections_one(idx, scores, ok, outputs, image_hw, scale, decode, nms_threshold, nms_plus_one: bool,
                    max_detections: int):
-  """One image: decode the candidate rows `idx [K]` and run NMS -> fixed-size detections in pixels."""
+  """One image: decode the candidate rows `idx [K]`, divide by `scale [2]` (x, y; None: 1) and run
+  NMS -> fixed-size detections in pixels."""
   boxes, points = decode(outputs, idx, image_hw=image_hw)
+  if scale is not None:  # to the image's pixels before NMS, as the references do (+1 IoU is not scale-free)
+    boxes, points = boxes / jnp.concatenate([scale, scale])[None], points / scale[None, None]
   keep, valid = nms(boxes, scores[idx], ok[idx], nms_threshold, max_detections, nms_plus_one)
   return dict(boxes=jnp.where(valid[:, None], boxes[keep], 0.0),
               scores=jnp.where(valid, scores[idx][keep], 0.0),
@@ -68,7 +80,7 @@ NMS_TIERS = (512, 2048)
 
 
 def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nms_threshold, *, nms_plus_one: bool,
-                cfg: PostprocessConfig):
+                cfg: PostprocessConfig, scale=None, conf_inclusive: bool = False):
   """A batch of head outputs -> fixed-size detections in pixels.
 
   Args:
@@ -76,6 +88,9 @@ def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nm
     scores `[B,A]`: face probabilities; anchor_ok `[B,A]` bool: anchors that exist.
     image_hw `[B,2]`: each image's unpadded (h, w) in input pixels, for the family's clipping.
     decode: `(one image's outputs, idx [K], *, image_hw) -> (boxes [K,4] px, keypoints [K,P,2] px)`.
+    cfg: the caps; here None means no cap.
+    scale `[B,2]` (x, y) input pixels per output pixel, or None (1).
+    conf_inclusive: candidates are scores `>= conf_threshold` (else `>`).
   Returns:
     dict of boxes `[B,M,4]` xyxy, scores `[B,M]`, landmarks `[B,M,P,2]`, valid `[B,M]`; rows in
     descending score.
@@ -84,17 +99,20 @@ def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nm
   K that holds its busiest image's candidates; every tier gives the same result. The tier and
   the top-k fallback are decided once per batch, outside `vmap`, so only one branch runs.
   """
-  ok = anchor_ok & (scores > conf_threshold)
+  ok = anchor_ok & ((scores >= conf_threshold) if conf_inclusive else (scores > conf_threshold))
   most = jnp.max(jnp.sum(ok, axis=-1))
-  top = min(cfg.pre_nms_top_k, scores.shape[-1])
+  top = min(cfg.pre_nms_top_k or scores.shape[-1], scores.shape[-1])
+  max_detections = cfg.max_detections or top
   tiers = sorted({t for t in NMS_TIERS if t < top} | {top})
 
   def over(k):
     def run():
       idx = jax.vmap(lambda s, o: select_candidates(s, o, k, most > k))(scores, ok)
       one = functools.partial(detections_one, decode=decode, nms_threshold=nms_threshold,
-                              nms_plus_one=nms_plus_one, max_detections=cfg.max_detections)
-      return jax.vmap(one)(idx, scores, ok, outputs, image_hw)
+                              nms_plus_one=nms_plus_one, max_detections=max_detections)
+      if scale is None:
+        return jax.vmap(lambda *a: one(*a, None))(idx, scores, ok, outputs, image_hw)
+      return jax.vmap(one)(idx, scores, ok, outputs, image_hw, scale)
     return run
 
   branch = jnp.minimum(jnp.searchsorted(jnp.asarray(tiers), most), len(tiers) - 1)
@@ -102,17 +120,19 @@ def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nm
 
 
 def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = PostprocessConfig()) -> Callable[..., Any]:
-  """Returns `detect(variables, images [B,H,W,3] uint8, sizes [B,2] int32 (h, w), conf, nms) -> dict`.
+  """Returns `detect(variables, images [B,H,W,3] uint8, sizes [B,2] int32 (h, w), conf, nms,
+  scale=None) -> dict`.
 
   `sizes` are the unpadded image sizes: anchors a padded input has beyond them are masked,
   so exact-size inputs (sizes == H, W) reproduce the reference and padded ones differ only
-  through the network's view of the padding.
+  through the network's view of the padding. `scale [B,2]` (x, y), a letterboxed image's input
+  pixels per original pixel, maps the detections back before NMS; None leaves them in input pixels.
   """
   traces = []  # one entry per compiled (batch, height, width): tests assert no retracing.
-  plus_one = family.nms_plus_one if cfg.nms_plus_one is None else cfg.nms_plus_one
+  cfg = cfg.resolve(family)
 
   @jax.jit
-  def detect(variables, images, sizes, conf_threshold, nms_threshold):
+  def detect(variables, images, sizes, conf_threshold, nms_threshold, scale=None):
     traces.append(images.shape)
     b, h, w, _ = images.shape
     cells = family.anchor_cells(spec, h, w)
@@ -123,7 +143,7 @@ def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = Postpro
       anchor_ok = jnp.ones((b, len(cells)), bool)
     decode = functools.partial(family.decode, spec, input_hw=(h, w))
     return postprocess(outputs, family.scores(outputs), anchor_ok, sizes, decode, conf_threshold, nms_threshold,
-                       nms_plus_one=plus_one, cfg=cfg)
+                       nms_plus_one=cfg.nms_plus_one, cfg=cfg, scale=scale, conf_inclusive=family.conf_inclusive)
 
   detect.traces = traces
   return detect
@@ -150,6 +170,25 @@ def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
   """mmcv's `imrescale` to `size x size`: `s = size / long side`, sides `int(x * s + 0.5)`; `(h, w)`."""
   s = min(size / max(height, width), size / min(height, width))
   return int(height * s + 0.5), int(width * s + 0.5)
+
+
+def mmcv_letterbox(height: int, width: int, size: int) -> tuple[int, int, np.ndarray]:
+  """`letterbox_size` with mmdet's per-axis scale `[2]` (x, y), float32 from the integer sizes
+  (the default `Family.letterbox`)."""
+  nh, nw = letterbox_size(height, width, size)
+  return nh, nw, np.array([nw / width, nh / height], np.float32)
+
+
+def largest_central(boxes: np.ndarray, image_hw: tuple[int, int], max_num: int) -> np.ndarray:
+  """Indices of the `max_num` boxes `[N,4]` (image pixels) with the largest `area - 2 * offset**2`,
+  where offset is the box centre's distance from the image centre `(h // 2, w // 2)`, best first:
+  insightface's `max_num` selection. All rows in order when `max_num` <= 0 or N <= max_num."""
+  if max_num <= 0 or len(boxes) <= max_num:
+    return np.arange(len(boxes))
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  cy, cx = image_hw[0] // 2, image_hw[1] // 2
+  offset2 = ((boxes[:, 0] + boxes[:, 2]) / 2 - cx) ** 2 + ((boxes[:, 1] + boxes[:, 3]) / 2 - cy) ** 2
+  return np.argsort(area - offset2 * 2.0, kind='stable')[::-1][:max_num]
 
 
 def bucket_size(n: int, ladder: tuple[int, ...]) -> int:

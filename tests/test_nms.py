@@ -21,7 +21,8 @@ from jaxface.nms import iou_one_to_many, nms
 from jaxface.retinaface import FAMILY, box_coding
 
 
-def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, nms_threshold, pixel_wh, cfg):
+def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, nms_threshold, pixel_wh, cfg,
+                    conf_inclusive=False, scale=None):
   """One image's `[A,4]`, `[A,2]`, `[A,10]` head outputs through the shared post-processing, with
   RetinaFace's softmax scores and a decode against arbitrary `priors [A,4]` (normalised cxcywh)."""
   def decode(outputs, idx, image_hw):
@@ -32,7 +33,8 @@ def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, n
   outputs = (bbox[None], logits[None], landmarks[None])
   image_hw = jnp.asarray([[pixel_wh[1], pixel_wh[0]]], jnp.int32)
   out = inference.postprocess(outputs, FAMILY.scores(outputs), prior_ok[None], image_hw, decode, conf_threshold,
-                              nms_threshold, nms_plus_one=True, cfg=cfg)
+                              nms_threshold, nms_plus_one=True, cfg=cfg, conf_inclusive=conf_inclusive,
+                              scale=None if scale is None else scale[None])
   return jax.tree_util.tree_map(lambda a: a[0], out)
 
 K = 48  # boxes per random set: one compiled program for every seed and threshold.
@@ -271,15 +273,15 @@ POINTS2 = [[102, 27], [98, 23], [100, 25], [104, 25], [100, 29]]
 
 
 @functools.lru_cache(maxsize=None)
-def _postprocess(pre_nms_top_k, max_detections):
+def _postprocess(pre_nms_top_k, max_detections, conf_inclusive=False):
   cfg = inference.PostprocessConfig(pre_nms_top_k=pre_nms_top_k, max_detections=max_detections)
-  return jax.jit(functools.partial(postprocess_one, cfg=cfg))
+  return jax.jit(functools.partial(postprocess_one, cfg=cfg, conf_inclusive=conf_inclusive))
 
 
-def _detect(conf, pre_nms_top_k=8, max_detections=8, prior_ok=PRIOR_OK):
+def _detect(conf, pre_nms_top_k=8, max_detections=8, prior_ok=PRIOR_OK, conf_inclusive=False, scale=None):
   bbox, logits, landmarks = _head_outputs()
-  out = _postprocess(pre_nms_top_k, max_detections)(
-      bbox, logits, landmarks, PRIORS, prior_ok, conf, 0.4, np.asarray([W, H], np.float32))
+  out = _postprocess(pre_nms_top_k, max_detections, conf_inclusive)(
+      bbox, logits, landmarks, PRIORS, prior_ok, conf, 0.4, np.asarray([W, H], np.float32), scale=scale)
   return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -307,6 +309,16 @@ def test_postprocess_threshold_is_strict():
   np.testing.assert_allclose(out['boxes'][4], BOX[3], atol=1e-4)
   # Above the best score nothing is left.
   assert not _detect(conf=0.96)['valid'].any()
+
+
+def test_postprocess_inclusive_threshold_and_scale():
+  # `conf_inclusive` (insightface's scores >= thresh): the exact-0.5 prior 3 enters at conf 0.5.
+  out = _detect(conf=0.5, conf_inclusive=True)
+  np.testing.assert_allclose(out['scores'][:int(out['valid'].sum())], [0.95, 0.9, 0.8, 0.7, 0.5], atol=1e-6)
+  # `scale` (x, y) divides boxes and points before NMS: prior 2's box and points at half x, quarter y.
+  out = _detect(conf=0.5, scale=np.asarray([2.0, 4.0], np.float32))
+  np.testing.assert_allclose(out['boxes'][0], np.asarray(BOX[2]) / [2, 4, 2, 4], atol=1e-4)
+  np.testing.assert_allclose(out['landmarks'][0], np.asarray(POINTS2) / [2, 4], atol=1e-4)
 
 
 def test_postprocess_masked_priors_never_appear():

@@ -15,8 +15,8 @@ import pytest
 import reference_scrfd as ref
 from conftest import shared_file
 from jaxface import families, inference
-from jaxface.detector import Detector
-from jaxface.scrfd import FAMILY, weights
+from jaxface.detector import Detections, Detector
+from jaxface.scrfd import DEPLOYMENT, FAMILY, weights
 
 torch = pytest.importorskip('torch')
 
@@ -34,7 +34,7 @@ def test_detections_equal_the_mmdet_protocol(arch, image, conf):
   img = cv2.imread(str(shared_file('data', 'images', image)))
   want = ref.mmdet_detect(img, ref.torch_runner(net), score_thr=conf)
   got = Detector(FAMILY, arch, variables).detect(img, conf_threshold=conf)
-  assert 10 < len(want.scores) < inference.PostprocessConfig().max_detections
+  assert 10 < len(want.scores)
   assert len(got) == len(want.scores)
   np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-5)  # both descending
   # Faces whose scores are a rounding apart may come in either order: compare them sorted by place.
@@ -63,6 +63,84 @@ def test_raw_outputs_are_the_export_convention_on_the_letterboxed_input():
     np.testing.assert_allclose(g, np.concatenate([np.asarray(x)[0] for x in w]), rtol=0, atol=1e-4)
 
 
+def _insightface_rows(det: Detections) -> np.ndarray:
+  return np.concatenate([det.boxes, det.scores[:, None]], axis=1)
+
+
+@pytest.mark.parametrize('arch, image, conf, max_num', [
+    ('scrfd_500m_bnkps', 'crowd.jpg', 0.03, 0),    # landscape: the width binds
+    ('scrfd_500m_bnkps', 'street.jpg', 0.05, 4),   # portrait: the height binds; max_num's selection
+    ('scrfd_2.5g', 'crowd.jpg', 0.05, 0)])
+def test_deployment_protocol_equals_insightface_scrfd_py(arch, image, conf, max_num):
+  """`protocol='insightface'`: truncating letterbox on a black uint8 canvas, scores >= thresh,
+  unclipped boxes divided by det_scale, then NMS 0.4 with +1 areas in image pixels, and `max_num`."""
+  net, variables = _random_scrfd(arch)
+  img = cv2.imread(str(shared_file('data', 'images', image)))
+  det, kps = ref.insightface_detect(img, ref.torch_runner(net), thresh=conf, max_num=max_num)
+  got = Detector(DEPLOYMENT, arch, variables).detect(img, conf_threshold=conf, max_num=max_num)
+  assert len(got) == len(det) > (3 if max_num else 10)
+  if max_num:  # in max_num's order (area minus twice the squared centre offset), which no tie blurs
+    np.testing.assert_allclose(_insightface_rows(got), det, rtol=0, atol=0.01)
+    return
+  np.testing.assert_allclose(got.scores, det[:, 4], rtol=0, atol=1e-5)  # both descending
+  order = lambda boxes: np.lexsort(np.round(boxes, 1).T[::-1])
+  mine, theirs = order(got.boxes), order(det[:, :4])
+  np.testing.assert_allclose(_insightface_rows(got)[mine], det[theirs], rtol=0, atol=0.01)
+  # Unclipped: the protocol keeps boxes that cross the image's edge (the mmdet path clips them).
+  h, w = img.shape[:2]
+  outside = (got.boxes[:, :2] < 0).any(1) | (got.boxes[:, 2] > w) | (got.boxes[:, 3] > h)
+  assert outside.any() == ((det[:, :2] < 0).any(1) | (det[:, 2] > w) | (det[:, 3] > h)).any()
+  if kps is None:
+    assert got.landmarks.shape == (len(got), 0, 2)
+  else:
+    np.testing.assert_allclose(got.landmarks[mine], kps[theirs], rtol=0, atol=0.01)
+
+
+def test_deployment_defaults_and_raw_outputs_on_the_black_canvas():
+  """The protocol's defaults (thresh 0.5 inclusive, NMS 0.4) with no arguments, and `raw_outputs`
+  on scrfd.py's own blob: the black padding normalised with the image, not zeros."""
+  arch = 'scrfd_500m_bnkps'
+  net, variables = _random_scrfd(arch)
+  # Undamped scores reach 0.5: a classifier bias that puts a few hundred anchors above it.
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, torch.nn.Conv2d) and m.out_channels == 2 and m.bias is not None:
+        m.bias.add_(4.4)
+  variables = weights.convert_detector({k: v.numpy() for k, v in net.state_dict().items()}, FAMILY.spec(arch))
+  img = cv2.imread(str(shared_file('data', 'images', 'street.jpg')))
+  detector = Detector(DEPLOYMENT, arch, variables)
+  det, _ = ref.insightface_detect(img, ref.torch_runner(net))
+  got = detector.detect(img)
+  assert len(got) == len(det) > 0 and got.scores.min() >= 0.5
+  np.testing.assert_allclose(np.sort(got.scores), np.sort(det[:, 4]), rtol=0, atol=1e-5)
+  blob, _ = ref.insightface_preprocess(img)
+  with torch.no_grad():
+    want = ref.split_outputs(net(torch.from_numpy(blob)))
+  for g, w in zip(detector.raw_outputs(img), (want.scores, want.boxes, want.kps)):
+    np.testing.assert_allclose(g, np.concatenate([np.asarray(x)[0] for x in w]), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize('h, w', [(450, 302), (302, 450), (640, 640), (1, 1000), (1000, 1), (333, 777), (777, 333)])
+def test_insightface_letterbox_truncates_and_scales_by_height(h, w):
+  nh, nw, scale = DEPLOYMENT.letterbox(h, w, 640)
+  want_h, want_w, det_scale = ref.letterbox_size(h, w)
+  assert (nh, nw) == (want_h, want_w) and scale.tolist() == [np.float32(det_scale)] * 2
+
+
+def test_protocols_by_name(tmp_path):
+  from jaxface import saved_models
+  from jaxface.detector import load_detector
+  assert families.family_of('scrfd_500m', 'insightface') is DEPLOYMENT
+  assert families.family_of('scrfd_500m', 'mmdet') is FAMILY
+  assert families.protocols(FAMILY) == ('mmdet', 'insightface')
+  with pytest.raises(ValueError, match=r"retinaface_mnet \(retinaface\) has no test protocol 'insightface'; valid: biubug6"):
+    families.family_of('retinaface_mnet', 'insightface')
+  _, variables = _random_scrfd('scrfd_500m')
+  saved_models.save_variables(str(tmp_path / 'm'), variables, {'arch': 'scrfd_500m', 'source': 'random'})
+  assert load_detector(str(tmp_path / 'm'), protocol='insightface').family is DEPLOYMENT
+  assert load_detector(str(tmp_path / 'm')).family is FAMILY
+
+
 def test_scrfd_archs_are_in_the_name_table():
   assert families.family_of('scrfd_10g_bnkps') is FAMILY
   assert {'scrfd_500m', 'scrfd_34g', 'retinaface_mnet'} <= set(families.ARCHS)
@@ -86,6 +164,15 @@ def test_cli_reads_an_mmcv_checkpoint(tmp_path):
   want = ref.mmdet_detect(cv2.imread(str(image)), ref.torch_runner(net), score_thr=0.05)
   assert len(record['faces']) == len(want.scores) > 0
   np.testing.assert_allclose(sorted(f['score'] for f in record['faces']), sorted(want.scores), atol=1e-4)
+  # scrfd.py's protocol and max_num from the command line.
+  args = ['--weights', str(path), '--arch', arch, '--protocol', 'insightface', '--conf', '0.05', '--max-num', '3']
+  assert detect.main(args + ['--json', str(out), str(image)]) == 0
+  [record] = [json.loads(line) for line in out.read_text().splitlines()]
+  det, _ = ref.insightface_detect(cv2.imread(str(image)), ref.torch_runner(net), thresh=0.05, max_num=3)
+  np.testing.assert_allclose([f['box'] + [f['score']] for f in record['faces']], det, atol=0.01)
+  with pytest.raises(SystemExit) as e:
+    detect.main(args[:-6] + ['--protocol', 'mediapipe', str(image)])
+  assert e.value.code == 2
 
 
 def test_evaluate_py_runs_a_converted_scrfd_directory(tmp_path):
@@ -107,10 +194,14 @@ def test_evaluate_py_runs_a_converted_scrfd_directory(tmp_path):
   gt, load = run.synthetic_val(3, 1)
   event, name = gt.events[0], gt.files[0][0]
   rows = read_prediction_file(out / event / f'{name}.txt')
-  got = Detector(FAMILY, arch, variables).detect(load(event, name), conf_threshold=0.05)
-  assert len(rows) == len(got) > 0
-  np.testing.assert_allclose(rows[:, :2], got.boxes[:, :2], atol=1e-3)
-  np.testing.assert_allclose(rows[:, 4], got.scores, atol=1e-6)
+  for family, flags in ((FAMILY, []), (DEPLOYMENT, ['--detector-protocol', 'insightface'])):
+    if flags:  # scrfd.py's protocol over the same set
+      assert cli.main(args[:-2] + flags + ['--out', str(tmp_path / 'preds2')]) == 0
+      rows = read_prediction_file(tmp_path / 'preds2' / event / f'{name}.txt')
+    got = Detector(family, arch, variables).detect(load(event, name), conf_threshold=0.05)
+    assert len(rows) == len(got) > 0
+    np.testing.assert_allclose(rows[:, :2], got.boxes[:, :2], atol=1e-3)
+    np.testing.assert_allclose(rows[:, 4], got.scores, atol=1e-6)
 
 
 @pytest.mark.parametrize('arch, layout', [('scrfd_500m_bnkps', 'single'), ('scrfd_10g_bnkps', 'batched')])

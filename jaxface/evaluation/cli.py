@@ -39,6 +39,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help='official: the MATLAB tool\'s rules (default); python: the common Python port\'s')
   p.add_argument('--test-scale', choices=TEST_SCALES,
                  help="test-time image scale protocol (default: the model family's: original for RetinaFace)")
+  p.add_argument('--detector-protocol', metavar='NAME',
+                 help="the detector's test protocol (default: the family's own; SCRFD: mmdet, or insightface "
+                      "for scrfd.py's letterbox, unclipped boxes and +1 NMS at 0.4)")
   p.add_argument('--conf', type=float, default=0.02, help='confidence threshold (default 0.02, the standard)')
   p.add_argument('--nms', type=float, help='NMS IoU threshold (default: the model\'s; 0.4 for RetinaFace)')
   p.add_argument('--exact', action='store_true',
@@ -98,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.ckpt:
     from jaxface import load_detector
     try:
-      detector = load_detector(args.ckpt, step=args.step, bucketed=not args.exact, batch_size=args.batch_size)
+      detector = load_detector(args.ckpt, step=args.step, protocol=args.detector_protocol, bucketed=not args.exact,
+                               batch_size=args.batch_size)
     except (FileNotFoundError, ValueError) as e:  # no such step, an unreadable or wrong checkpoint
       say(f'error: {e}')
       return 2
@@ -107,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.test_scale = args.test_scale or ('original' if dataset == 'synthetic' else detector.family.test_scale)
     pred_dir = args.out or os.path.join(args.ckpt, f'widerface_{dataset}_{args.test_scale}')
     keys = shard([(e, n) for e, names in zip(gt.events, gt.files) for n in names], args.num_shards, args.shard_index)
-    say(f'{detector.arch} on {len(keys)} {dataset} val images, test scale {args.test_scale}, '
-        f'conf {args.conf}, writing {pred_dir}')
+    say(f'{detector.arch} ({detector.family.protocol} protocol) on {len(keys)} {dataset} val images, '
+        f'test scale {args.test_scale}, conf {args.conf}, writing {pred_dir}')
     from jaxface.images import ImageReadError
     try:
       for (event, name), dets in detect_all(detector, keys, load, test_scale=args.test_scale,

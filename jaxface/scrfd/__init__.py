@@ -5,12 +5,15 @@ boxes clipped to the image), the strict `.pth` key map (`weights`) and the train
 (`augment`).
 
 insightface's ONNX files (BN folded, numeric names) load by graph structure (`onnx_weights`).
+`DEPLOYMENT` is the same family under insightface's `scrfd.py` protocol (protocol 'insightface'):
+truncating letterbox on black uint8 padding, scores >= 0.5, no clipping, NMS 0.4 with +1 areas.
 
-Not yet: the deployment protocol of `scrfd.py` as an option, ATSS, the
-losses and the configs (the SCRFD issues); `FAMILY.training` is None until then.
+Not yet: ATSS, the losses and the configs (the SCRFD training issue); `FAMILY.training` is None
+until then.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -20,7 +23,7 @@ from jaxface.keypoints import FIVE_POINTS
 from jaxface.scrfd import onnx_weights, outputs, weights
 from jaxface.scrfd.model import SCRFD, SPECS, ScrfdSpec
 
-__all__ = ['FAMILY', 'SCRFD', 'SPECS', 'ScrfdSpec']
+__all__ = ['DEPLOYMENT', 'FAMILY', 'SCRFD', 'SPECS', 'ScrfdSpec']
 
 
 def _build(spec: ScrfdSpec, *, dtype=jnp.float32, bn_axis_name: str | None = None,
@@ -53,4 +56,20 @@ FAMILY = Family(
     convert_torch=_convert_torch,
     input_size=640,           # tools/test_widerface.py --mode 0: keep-ratio resize to 640, pad to 640 x 640
     convert_onnx=_convert_onnx,
+    conf_threshold=0.02,      # test_widerface.py --thr; scores > it
+    protocol='mmdet',         # no caps before or after NMS (max_per_img -1)
+)
+
+# insightface's deployment path (`scrfd.py`, the python-package's model_zoo): what people running the
+# released ONNX files get.
+DEPLOYMENT = dataclasses.replace(
+    FAMILY,
+    pad_bgr=(0, 0, 0),        # black uint8 canvas, normalised with the image
+    decode=outputs.decode_unclipped,
+    letterbox=outputs.insightface_letterbox,
+    conf_threshold=0.5,       # det_thresh
+    conf_inclusive=True,      # scores >= thresh
+    nms_threshold=0.4,
+    nms_plus_one=True,        # its nms(): +1-pixel areas, in image pixels
+    protocol='insightface',
 )

@@ -1,6 +1,7 @@
-"""SCRFD's network input and how its outputs read (REFERENCE.md §2.9, mmdet's test path): RGB
-`(x - 127.5) / 128`, sigmoid scores (in the model, as the ONNX export has them), distances x stride
-from the anchor centres, boxes clipped to the unpadded image, keypoints as insightface decodes them."""
+"""SCRFD's network input and how its outputs read (REFERENCE.md §2.9): RGB `(x - 127.5) / 128`,
+sigmoid scores (in the model, as the ONNX export has them), distances x stride from the anchor
+centres, keypoints as insightface decodes them; boxes clipped to the unpadded image in mmdet's test
+path (`decode`), not in insightface's deployment path (`decode_unclipped`, `insightface_letterbox`)."""
 from __future__ import annotations
 
 import jax
@@ -40,3 +41,22 @@ def decode(spec, outputs, idx: jax.Array, input_hw: tuple[int, int], image_hw: j
   boxes = box_coding.distance2bbox(c, distances[idx].astype(jnp.float32) * stride, image_hw)
   points = box_coding.distance2kps(c, keypoints[idx].astype(jnp.float32) * stride)
   return boxes, points
+
+
+def decode_unclipped(spec, outputs, idx: jax.Array, input_hw: tuple[int, int], image_hw: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
+  """`decode` without the clipping: insightface's `scrfd.py`."""
+  return decode(spec, outputs, idx, input_hw, None)
+
+
+def insightface_letterbox(height: int, width: int, size: int) -> tuple[int, int, np.ndarray]:
+  """`scrfd.py`'s resize into `size x size`: the side that binds becomes `size`, the other is
+  truncated (`int`), and one scale, `new_h / h`, maps both axes back (its `det_scale`).
+  Returns `(new_h, new_w, scale [2] float32 (x, y))`."""
+  im_ratio = float(height) / width
+  if im_ratio > 1.0:  # the model's ratio: a square input
+    new_h, new_w = size, int(size / im_ratio)
+  else:
+    new_h, new_w = int(size * im_ratio), size
+  det_scale = np.float32(float(new_h) / height)
+  return new_h, new_w, np.array([det_scale, det_scale], np.float32)
