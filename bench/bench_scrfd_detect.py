@@ -51,6 +51,8 @@ def main():
   p.add_argument('--threads', type=int, default=2, help='torch / ONNX Runtime intra-op threads')
   p.add_argument('--arch', nargs='+', default=['scrfd_500m_bnkps', 'scrfd_10g_bnkps'])
   p.add_argument('--conf', type=float, default=0.05)
+  p.add_argument('--lead-in', type=int, default=2,
+                 help='untimed calls before each timed one, so no library\'s spinning threads overlap the next')
   args = p.parse_args()
   torch.set_num_threads(args.threads)
   shared = common.shared_dir()
@@ -82,7 +84,7 @@ def main():
         '(a) re-statement, eager torch': lambda: ref.mmdet_detect(img, run_torch, score_thr=conf),
         '(b) insightface: ORT + numpy': lambda: ref.insightface_detect(img, run_onnx),
         'jaxface': lambda: det.detect(img, conf),
-    }, args.repeats)
+    }, args.repeats, lead_in=args.lead_in)
     print(common.report(times, '(a) re-statement, eager torch'))
     med = {k: np.median(v) for k, v in times.items()}
     print(f'jaxface vs (a): {med["(a) re-statement, eager torch"] / med["jaxface"]:.2f}x faster; '
@@ -90,7 +92,7 @@ def main():
     batch = common.interleaved({
         '(b) insightface, per-image loop': lambda: [ref.insightface_detect(x, run_onnx) for x in photos],
         'jaxface detect_batch': lambda: det.detect_batch(photos, conf),
-    }, max(3, args.repeats // 4))
+    }, max(3, args.repeats // 4), lead_in=args.lead_in)
     ips = {k: len(photos) / np.median(v) for k, v in batch.items()}
     print(f'8 mixed photos: (b) {ips["(b) insightface, per-image loop"]:.1f} images/s, jaxface '
           f'{ips["jaxface detect_batch"]:.1f} images/s ({ips["jaxface detect_batch"] / ips["(b) insightface, per-image loop"]:.2f}x)')

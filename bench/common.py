@@ -26,14 +26,23 @@ def shared_dir() -> Path:
   return path
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, np.ndarray]:
-  """Seconds per call of each function, timed round-robin."""
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                lead_in: int = 0) -> dict[str, np.ndarray]:
+  """Seconds per call of each function, timed round-robin.
+
+  With `lead_in` > 0, each turn first calls the function `lead_in` times untimed: the previous
+  library's worker threads stop spinning (ONNX Runtime's and OpenMP's spin-wait after each run,
+  which on a 2-core machine takes the cores from whichever library runs next) and the timed call
+  sees its own library warm, as back-to-back calls in deployment do.
+  """
   for _ in range(warmup):
     for fn in fns.values():
       fn()
   times = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
+      for _ in range(lead_in):
+        fn()
       t = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - t)

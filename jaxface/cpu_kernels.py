@@ -20,6 +20,9 @@ the other one. True or False is taken as given; None (the default) asks `enabled
 default backend is the CPU, so GPUs and TPUs run the plain layers, and off everywhere when the
 environment has `JAXFACE_CPU_KERNELS=0` (read once, at import, so that every program of a process
 resolves None alike).
+
+`compiler_options` holds the XLA:CPU options jaxface's compiled programs are built with (YNNPACK's
+fusions off, measured faster on every family's shapes; BENCHMARKS.md, "XLA:CPU's YNNPACK fusions").
 """
 from __future__ import annotations
 
@@ -55,6 +58,31 @@ def enabled(flag: bool | None) -> bool:
   if flag is not None:
     return bool(flag)
   return _ALLOWED and jax.default_backend() == 'cpu'
+
+
+YNN_ENV_VAR = 'JAXFACE_XLA_YNN'
+# XLA:CPU routes convolutions, matrix products and element-wise chains to YNNPACK by default in recent
+# jaxlibs. On the AMD EPYC machines these fusions made SCRFD-10G's forward 1.9x slower (175 ms against
+# 92 ms) and no family's forward faster. An empty list turns them all off.
+_NO_YNN = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_knows(options: tuple[tuple[str, str], ...]) -> bool:
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
+    return True
+  except Exception:  # an XLA without the option: it rejects the name at compile time
+    return False
+
+
+def compiler_options() -> dict[str, str]:
+  """`jax.jit(..., compiler_options=)` for jaxface's programs: on the CPU backend, YNNPACK's fusions
+  off; nothing on other backends, on an XLA that lacks the option, or with `JAXFACE_XLA_YNN=1`
+  (XLA's own default)."""
+  if jax.default_backend() != 'cpu' or os.environ.get(YNN_ENV_VAR, '').strip() == '1':
+    return {}
+  return dict(_NO_YNN) if _xla_knows(tuple(_NO_YNN.items())) else {}
 
 
 def lowers(kernel_shape: Sequence[int], padding, groups: int) -> bool:

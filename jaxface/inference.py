@@ -11,10 +11,12 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface import cpu_kernels
 from jaxface.family import Family
 from jaxface.nms import nms
 
@@ -68,11 +70,14 @@ def detections_one(idx, scores, ok, outputs, image_hw, scale, decode, nms_thresh
   boxes, points = decode(outputs, idx, image_hw=image_hw)
   if scale is not None:  # to the image's pixels before NMS, as the references do (+1 IoU is not scale-free)
     boxes, points = boxes / jnp.concatenate([scale, scale])[None], points / scale[None, None]
-  keep, valid = nms(boxes, scores[idx], ok[idx], nms_threshold, max_detections, nms_plus_one)
-  return dict(boxes=jnp.where(valid[:, None], boxes[keep], 0.0),
-              scores=jnp.where(valid, scores[idx][keep], 0.0),
-              landmarks=jnp.where(valid[:, None, None], points[keep], 0.0),
-              valid=valid)
+  # NMS keeps at most K of the K candidate rows: the slots beyond them are padding, not gathered.
+  m = min(max_detections, idx.shape[0])
+  keep, valid = nms(boxes, scores[idx], ok[idx], nms_threshold, m, nms_plus_one)
+  out = dict(boxes=jnp.where(valid[:, None], boxes[keep], 0.0),
+             scores=jnp.where(valid, scores[idx][keep], 0.0),
+             landmarks=jnp.where(valid[:, None, None], points[keep], 0.0),
+             valid=valid)
+  return {k: jnp.pad(v, [(0, max_detections - m)] + [(0, 0)] * (v.ndim - 1)) for k, v in out.items()}
 
 
 # Candidate-count tiers of the post-processing (the last is `pre_nms_top_k`).
@@ -131,7 +136,7 @@ def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = Postpro
   traces = []  # one entry per compiled (batch, height, width): tests assert no retracing.
   cfg = cfg.resolve(family)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=cpu_kernels.compiler_options())
   def detect(variables, images, sizes, conf_threshold, nms_threshold, scale=None):
     traces.append(images.shape)
     b, h, w, _ = images.shape
@@ -163,7 +168,8 @@ def preprocess(family: Family, images: jax.Array, sizes: jax.Array) -> jax.Array
 def make_forward_fn(family: Family, model) -> Callable[..., Any]:
   """`forward(variables, images uint8 [B,H,W,3], sizes [B,2]) -> head outputs`, jitted; `sizes`
   are the unpadded image sizes (see `preprocess`)."""
-  return jax.jit(lambda variables, images, sizes: model.apply(variables, preprocess(family, images, sizes)))
+  return jax.jit(lambda variables, images, sizes: model.apply(variables, preprocess(family, images, sizes)),
+                 compiler_options=cpu_kernels.compiler_options())
 
 
 def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -211,7 +217,9 @@ def pad_to(image: np.ndarray, height: int, width: int, fill_bgr: tuple[int, int,
   references' zero conv padding sees it at the input; None: black, zeroed after preprocessing by
   the detection program)."""
   h, w, _ = image.shape
-  out = np.empty((height, width, 3), np.uint8)
-  out[...] = np.asarray(fill_bgr or (0, 0, 0), np.uint8)
-  out[:h, :w] = image
-  return out
+  fill = tuple(int(v) for v in fill_bgr or (0, 0, 0))
+  if fill == (0, 0, 0):  # zeroed pages: no pass over the padding
+    out = np.zeros((height, width, 3), np.uint8)
+    out[:h, :w] = image
+    return out
+  return cv2.copyMakeBorder(image, 0, height - h, 0, width - w, cv2.BORDER_CONSTANT, value=fill)

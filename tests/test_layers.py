@@ -356,3 +356,26 @@ def test_one_process_compiles_both_paths():
   assert traced == [True, False, None], 'one trace per model; the calls are served from the cache'
   jax.tree.map(np.testing.assert_array_equal, on, on_again)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3), on[0], off[0])
+
+
+def test_detection_programs_compile_without_ynnpack_fusions(monkeypatch):
+  """`cpu_kernels.compiler_options()`: YNNPACK's fusions off for the detection programs on the CPU
+  (none of their ops lands in a `__ynn_fusion`), XLA's default with `JAXFACE_XLA_YNN=1`."""
+  import jax.numpy as jnp
+  from jaxface import cpu_kernels, inference
+  from jaxface.retinaface import FAMILY
+  options = cpu_kernels.compiler_options()
+  if not options:
+    pytest.skip("this XLA has no xla_cpu_experimental_ynn_fusion_type option")
+  assert options == {'xla_cpu_experimental_ynn_fusion_type': ''}
+  model = FAMILY.model('retinaface_mnet')
+  x = jnp.zeros((1, 64, 64, 3), jnp.uint8)
+  variables = model.init(jax.random.PRNGKey(0), FAMILY.preprocess(x))
+  sizes = jnp.asarray([[64, 64]], jnp.int32)
+  plain = jax.jit(lambda v, x: model.apply(v, FAMILY.preprocess(x)))
+  if '__ynn_fusion' not in plain.lower(variables, x).compile().as_text():
+    pytest.skip("this XLA makes no YNNPACK fusions by default: nothing to turn off")
+  forward = inference.make_forward_fn(FAMILY, model)
+  assert '__ynn_fusion' not in forward.lower(variables, x, sizes).compile().as_text()
+  monkeypatch.setenv(cpu_kernels.YNN_ENV_VAR, '1')
+  assert cpu_kernels.compiler_options() == {}
