@@ -21,9 +21,10 @@ import jax.numpy as jnp
 from jaxface.family import Family
 from jaxface.keypoints import FIVE_POINTS
 from jaxface.scrfd import onnx_weights, outputs, weights
+from jaxface.scrfd.atss import atss_assign
 from jaxface.scrfd.model import SCRFD, SPECS, ScrfdSpec
 
-__all__ = ['DEPLOYMENT', 'FAMILY', 'SCRFD', 'SPECS', 'ScrfdSpec']
+__all__ = ['DEPLOYMENT', 'FAMILY', 'SCRFD', 'SPECS', 'ScrfdSpec', 'atss_assign']
 
 
 def _build(spec: ScrfdSpec, *, dtype=jnp.float32, bn_axis_name: str | None = None,

@@ -350,13 +350,13 @@ def head_key(stride: int, strides_share: bool) -> str:
 
 class SCRFDHead(nn.Module):
   """Per level: the tower (`cls_stride_convs[key]`, shared by the box branch), then 3x3 biased
-  `stride_cls` (sigmoid), `stride_reg` (x `scales[i]` if used), `stride_kps`."""
+  `stride_cls` (sigmoid unless `logits`), `stride_reg` (x `scales[i]` if used), `stride_kps`."""
   spec: ScrfdSpec
   conv: Callable[..., nn.Module]
   norm: Callable[..., nn.Module]
 
   @nn.compact
-  def __call__(self, feats):
+  def __call__(self, feats, logits: bool = False):
     spec = self.spec
     keys = [head_key(s, spec.strides_share) for s in STRIDES]
     unique = tuple(dict.fromkeys(keys))
@@ -370,7 +370,8 @@ class SCRFDHead(nn.Module):
     for i, (k, x) in enumerate(zip(keys, feats)):
       x = towers(k, x)
       n = x.shape[0]
-      scores.append(jax.nn.sigmoid(cls(k, x)).reshape(n, -1, 1))
+      c = cls(k, x)
+      scores.append((c if logits else jax.nn.sigmoid(c)).reshape(n, -1, 1))
       d = reg(k, x)
       if scales is not None:
         d = scales(str(i), d)
@@ -381,7 +382,10 @@ class SCRFDHead(nn.Module):
 
 
 class SCRFD(nn.Module):
-  """Images `[N,H,W,3]` (RGB, `(x - 127.5) / 128`) -> `(scores [N,A,1], distances [N,A,4], keypoints [N,A,10|0])`."""
+  """Images `[N,H,W,3]` (RGB, `(x - 127.5) / 128`) -> `(scores [N,A,1], distances [N,A,4], keypoints [N,A,10|0])`.
+
+  With `train=True` (BN batch statistics) the first output is the classification *logits*, which the
+  loss needs; the sigmoid belongs to the test path, as in mmdet's head (`get_bboxes`, ONNX export)."""
   spec: ScrfdSpec
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
@@ -396,4 +400,4 @@ class SCRFD(nn.Module):
         spec.backbone, conv, norm, name='backbone')
     feats = PAFPN(spec.neck_channels, conv, name='neck')(backbone(images.astype(self.dtype)))
     out = jnp.promote_types(self.dtype, jnp.float32)
-    return tuple(o.astype(out) for o in SCRFDHead(spec, conv, norm, name='bbox_head')(feats))
+    return tuple(o.astype(out) for o in SCRFDHead(spec, conv, norm, name='bbox_head')(feats, logits=train))
