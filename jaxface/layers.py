@@ -83,14 +83,16 @@ class Conv(nn.Module):
   use_bias: bool = False
   dtype: Dtype = jnp.float32
   cpu_kernels: bool | None = None
+  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()  # training from scratch only
+  bias_init: Callable[..., jax.Array] = nn.initializers.zeros
 
   @nn.compact
   def variables_for(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
     """`(kernel [k,k,I/groups,O], bias [O] or None)` in `dtype`; lets siblings run as one conv."""
     k = self.kernel_size
     shape = (k, k, in_features // self.groups, self.features)
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), shape, jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+    kernel = self.param('kernel', self.kernel_init, shape, jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
     return kernel.astype(self.dtype), None if bias is None else bias.astype(self.dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:

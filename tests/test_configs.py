@@ -48,3 +48,40 @@ def test_every_config_names_a_trainable_arch_and_no_test_hooks(variant):
     c = load(name).get_config(variant)
     assert families.family_of(c.arch).training is not None
     assert not any('crash' in k for k in c.keys())
+
+
+SCRFD_MODELS = ('500m', '1g', '2.5g', '10g', '34g', '500m_bnkps', '2.5g_bnkps', '10g_bnkps')
+
+
+@pytest.mark.parametrize('model', SCRFD_MODELS)
+def test_scrfd_reference_recipes(model):
+  """insightface's recipe: SGD 0.01 (0.02 for 34g), momentum 0.9, wd 5e-4, warmup 1500 steps from
+  0.001, x0.1 at epochs 440 and 544 of 640, 8 images per GPU on 4 GPUs (16 for 500m_bnkps), 640 px,
+  from scratch, labelv2.txt."""
+  from jaxface import families
+  name = f'scrfd_{model}'
+  c = load(name).get_config()
+  assert c.arch == name and families.family_of(name).training is not None
+  assert c.learning_rate == (0.02 if model == '34g' else 0.01)
+  assert (c.momentum, c.weight_decay, c.warmup_steps, c.warmup_ratio) == (0.9, 5e-4, 1500, 0.001)
+  assert (c.num_epochs, tuple(c.decay_epochs), c.lr_gamma) == (640, (440, 544), 0.1)
+  assert c.batch_size == (64 if model == '500m_bnkps' else 32)
+  assert (c.data.image_size, c.data.dataset, c.data.annotations, c.pretrained_backbone) == (640, 'wider', 'scrfd', '')
+  assert f'python train.py --config configs/{name}.py' in load(name).__doc__
+
+
+def test_scrfd_demo_variant():
+  c = load('scrfd_500m_bnkps').get_config('demo')
+  assert c.data.dataset == 'synthetic' and c.arch == 'scrfd_500m_bnkps'
+  assert 'configs/scrfd_500m_bnkps.py:demo' in load('scrfd_500m_bnkps').__doc__
+  with pytest.raises(ValueError, match='no variant'):
+    load('scrfd_10g').get_config('demo')
+
+
+def test_scrfd_warmup_is_mmcv_linear():
+  """lr at step i < 1500: base * (0.001 + 0.999 * i / 1500), then the step decays by epoch."""
+  from jaxface.training import train_step as ts
+  s = ts.step_decay(0.01, 403, (440, 544), warmup_steps=1500, warmup_ratio=0.001)
+  for i in (0, 1, 750, 1499):
+    assert abs(float(s(i)) - 0.01 * (0.001 + 0.999 * i / 1500)) < 1e-9
+  assert abs(float(s(1500)) - 0.01) < 1e-9 and abs(float(s(440 * 403)) - 0.001) < 1e-9

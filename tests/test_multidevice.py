@@ -23,3 +23,14 @@ def test_sharded_and_pmap_steps_match_single_device():
   out = proc.stdout + '\n'.join(l for l in proc.stderr.splitlines() if 'Warning' not in l)
   print(out)
   assert proc.returncode == 0, out
+
+
+def test_scrfd_sharded_and_pmap_steps_match_single_device():
+  """The same for SCRFD (ATSS, QFL/DIoU/keypoint losses, BN heads): tests/scrfd_multidevice_check.py."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_')}
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / 'tests')])
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / 'tests' / 'scrfd_multidevice_check.py')], env=env,
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+  out = proc.stdout + '\n'.join(l for l in proc.stderr.splitlines() if 'Warning' not in l)
+  print(out)
+  assert proc.returncode == 0, out

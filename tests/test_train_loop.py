@@ -36,9 +36,9 @@ TINY = [
 WITH_EVAL = {'eval_every_steps': STEPS, 'data.synthetic_val_images': 4, 'data.synthetic_val_image_size': (64, 96)}
 
 
-def tiny_config(**overrides):
+def tiny_config(config_file='retinaface_mnet.py', **overrides):
   import importlib.util
-  spec = importlib.util.spec_from_file_location('demo_config', os.path.join(ROOT, 'configs', 'retinaface_mnet.py'))
+  spec = importlib.util.spec_from_file_location('demo_config', os.path.join(ROOT, 'configs', config_file))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config('demo')
@@ -91,6 +91,20 @@ def straight_run(tmp_path_factory):
 
 def test_one_trace_per_run(straight_run):
   assert len(straight_run[2].traces) == 1
+
+
+def test_scrfd_demo_config_trains_with_one_compile(tmp_path, monkeypatch):
+  """The SCRFD demo config, tiny: one compiled step (ATSS and the losses inside), finite losses with
+  positives, a loss that falls over a few steps at the demo's learning rate, a checkpoint that
+  loads as an SCRFD detector."""
+  watch = _watch_steps(monkeypatch)
+  c = tiny_config('scrfd_500m_bnkps.py', num_steps=8, warmup_steps=1, learning_rate=0.01,
+                  **{'data.synthetic_train_images': 8})
+  loop.train(c, str(tmp_path))
+  assert len(watch.traces) == 1 and len(watch.steps) == 8
+  assert all(np.isfinite(m['loss']) and m['num_pos'] > 0 for m in watch.steps)
+  assert watch.steps[-1]['loss'] < watch.steps[0]['loss']
+  assert load_detector(str(tmp_path)).arch == 'scrfd_500m_bnkps'
 
 
 def _leaves(tree):

@@ -8,8 +8,8 @@ insightface's ONNX files (BN folded, numeric names) load by graph structure (`on
 `DEPLOYMENT` is the same family under insightface's `scrfd.py` protocol (protocol 'insightface'):
 truncating letterbox on black uint8 padding, scores >= 0.5, no clipping, NMS 0.4 with +1 areas.
 
-Not yet: ATSS, the losses and the configs (the SCRFD training issue); `FAMILY.training` is None
-until then.
+Training (`FAMILY.training`): ATSS targets (`atss`), QFL + DIoU + keypoint losses (`loss`), the
+reference augmentation (`augment`); from scratch, no ImageNet backbone.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from jaxface.family import Family
+from jaxface.family import Family, Training
 from jaxface.keypoints import FIVE_POINTS
-from jaxface.scrfd import onnx_weights, outputs, weights
+from jaxface.scrfd import augment, loss, onnx_weights, outputs, weights
 from jaxface.scrfd.atss import atss_assign
 from jaxface.scrfd.model import SCRFD, SPECS, ScrfdSpec
 
@@ -35,6 +35,15 @@ def _build(spec: ScrfdSpec, *, dtype=jnp.float32, bn_axis_name: str | None = Non
 def _convert_onnx(path: str, arch: str | None) -> tuple[str, dict[str, Any]]:
   arch = arch or onnx_weights.recognise(path)
   return arch, onnx_weights.convert_onnx(path, FAMILY.spec(arch))
+
+
+def _augment(image, sample, rng, *, image_size: int, min_face: float = 0.0):
+  return augment.scrfd_augment(image, sample, rng, image_size=image_size, min_face=min_face)
+
+
+def _no_backbone(spec) -> str:
+  raise ValueError("SCRFD trains from scratch (insightface's configs load no ImageNet weights): set "
+                   "--config.pretrained_backbone=''")
 
 
 def _convert_torch(state_dict: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -59,6 +68,12 @@ FAMILY = Family(
     convert_onnx=_convert_onnx,
     conf_threshold=0.02,      # test_widerface.py --thr; scores > it
     protocol='mmdet',         # no caps before or after NMS (max_per_img -1)
+    training=Training(
+        loss=loss.family_loss,
+        loss_terms=('loss', 'loss_cls', 'loss_bbox', 'loss_kps'),
+        augment=_augment,
+        backbone=_no_backbone,
+    ),
 )
 
 # insightface's deployment path (`scrfd.py`, the python-package's model_zoo): what people running the

@@ -23,6 +23,10 @@ from jaxface.layers import Conv, ConvBN, ConvDW, GroupNorm, bn_act, leaky_relu, 
 from jaxface.scrfd.anchors import ANCHORS_PER_CELL, STRIDES
 
 NUM_KEYPOINTS = 5
+# SCRFDHead.init_weights, what training from scratch starts from: every head conv N(0, 0.01), the
+# classifier's bias -4.595 (a prior probability of 0.01).
+HEAD_INIT = nn.initializers.normal(0.01)
+CLS_BIAS = -4.595
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,10 +364,12 @@ class SCRFDHead(nn.Module):
     spec = self.spec
     keys = [head_key(s, spec.strides_share) for s in STRIDES]
     unique = tuple(dict.fromkeys(keys))
-    towers = _Keyed(unique, functools.partial(_Tower, spec, self.conv, self.norm), name='cls_stride_convs')
-    pred = lambda name, c: _Keyed(unique, functools.partial(self.conv, ANCHORS_PER_CELL * c, 3, use_bias=True),
-                                  name=name)
-    cls, reg = pred('stride_cls', 1), pred('stride_reg', 4)
+    conv = functools.partial(self.conv, kernel_init=HEAD_INIT)
+    towers = _Keyed(unique, functools.partial(_Tower, spec, conv, self.norm), name='cls_stride_convs')
+    pred = lambda name, c, **kw: _Keyed(unique, functools.partial(conv, ANCHORS_PER_CELL * c, 3, use_bias=True, **kw),
+                                        name=name)
+    cls = pred('stride_cls', 1, bias_init=nn.initializers.constant(CLS_BIAS))
+    reg = pred('stride_reg', 4)
     kps = pred('stride_kps', 2 * NUM_KEYPOINTS) if spec.use_kps else None
     scales = _Keyed(tuple(map(str, range(len(keys)))), _Scale, name='scales') if spec.use_scale else None
     scores, boxes, points = [], [], []

@@ -1,7 +1,7 @@
 """What a training config's `data` block names, turned into a loader source and a val set.
 
-`data.dataset` is 'wider' (RetinaFace's `train/label.txt` layout under `data.wider_root`) or
-'synthetic' (the built-in set, no download). Missing data is reported at start-up with the paths
+`data.dataset` is 'wider' (under `data.wider_root`: `train/label.txt`, RetinaFace's annotations, or
+`train/labelv2.txt`, SCRFD's, as `data.annotations` says) or 'synthetic' (the built-in set, no download). Missing data is reported at start-up with the paths
 that were tried and how to point the config at the right place.
 """
 from __future__ import annotations
@@ -24,8 +24,18 @@ class ValSet:
   test_scale: str
 
 
-def wider_paths(root: str) -> dict[str, str]:
-  return dict(label=os.path.join(root, 'train', 'label.txt'), images=os.path.join(root, 'train', 'images'),
+# `data.annotations` -> (label file under <root>/train, its reader).
+ANNOTATIONS = {
+    'retinaface': ('label.txt', readers.read_retinaface_labels),   # biubug6's: xywh + 5 points
+    'scrfd': ('labelv2.txt', readers.read_scrfd_labels),           # insightface's: xyxy + 5 (x, y, flag)
+}
+
+
+def wider_paths(root: str, annotations: str = 'retinaface') -> dict[str, str]:
+  if annotations not in ANNOTATIONS:
+    raise ValueError(f'config.data.annotations must be one of {", ".join(ANNOTATIONS)}, got {annotations!r}')
+  return dict(label=os.path.join(root, 'train', ANNOTATIONS[annotations][0]),
+              images=os.path.join(root, 'train', 'images'),
               val_images=os.path.join(root, 'WIDER_val', 'images'), gt=os.path.join(root, 'ground_truth'))
 
 
@@ -36,17 +46,21 @@ def train_source(data) -> pipeline.Source:
                                     max_faces=data.synthetic_max_faces)
   if data.dataset != 'wider':
     raise ValueError(f"config.data.dataset must be 'wider' or 'synthetic', got {data.dataset!r}")
+  annotations = data.get('annotations', 'retinaface')
+  label, reader = ANNOTATIONS[annotations] if annotations in ANNOTATIONS else (None, None)
+  if reader is None:
+    raise ValueError(f'config.data.annotations must be one of {", ".join(ANNOTATIONS)}, got {annotations!r}')
   if not data.wider_root:
     raise FileNotFoundError('WIDER FACE root not set: pass --config.data.wider_root=/path/to/widerface (or set '
-                            '$WIDER_ROOT); it must hold train/label.txt and train/images/ (RetinaFace layout). '
+                            f'$WIDER_ROOT); it must hold train/{label} and train/images/. '
                             "To try training without WIDER FACE, use the config's synthetic demo: "
                             '--config configs/<model>.py:demo')
-  paths = wider_paths(data.wider_root)
+  paths = wider_paths(data.wider_root, annotations)
   if not os.path.isfile(paths['label']):
     raise FileNotFoundError(f'WIDER FACE training annotations not found: expected {paths["label"]} '
-                            f'(RetinaFace layout: <root>/train/label.txt with images under <root>/train/images/); '
+                            f'(<root>/train/{label} with images under <root>/train/images/); '
                             f'config.data.wider_root={data.wider_root!r}')
-  samples, stats = readers.read_retinaface_labels(paths['label'], paths['images'])
+  samples, stats = reader(paths['label'], paths['images'])
   if stats.summary():
     logging.warning('%s: %s', paths['label'], stats.summary())
   return pipeline.FileSource(samples)

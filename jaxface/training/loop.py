@@ -77,7 +77,8 @@ def train(config, workdir: str, *, family: Family | None = None,
   per_epoch = steps_per_epoch(len(source), batch_size)
   total_steps = config.num_steps or config.num_epochs * per_epoch
   schedule = ts.step_decay(config.learning_rate, per_epoch, tuple(config.decay_epochs), gamma=config.lr_gamma,
-                           warmup_epochs=config.warmup_epochs)
+                           warmup_epochs=config.warmup_epochs, warmup_steps=config.get('warmup_steps', 0),
+                           warmup_ratio=config.get('warmup_ratio', 0.0))
   tx = ts.sgd(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
   use_pmap = config.parallel == 'pmap'
   if config.parallel not in ('jit', 'pmap'):

@@ -42,15 +42,17 @@ def sgd(learning_rate: optax.Schedule | float, *, momentum: float = 0.9, weight_
 
 
 def step_decay(base_lr: float, steps_per_epoch: int, decay_epochs: tuple[int, ...], *, gamma: float = 0.1,
-               warmup_epochs: float = 0.0) -> optax.Schedule:
-  """`base_lr * gamma ** (number of decay epochs passed)`, optionally after a linear warmup
-  (the reference has none: its `warmup_epoch` is -1)."""
+               warmup_epochs: float = 0.0, warmup_steps: int = 0, warmup_ratio: float = 0.0) -> optax.Schedule:
+  """`base_lr * gamma ** (number of decay epochs passed)`, optionally after a linear warmup from
+  `warmup_ratio * base_lr` over `warmup_steps` (or `warmup_epochs`, when no steps are given): mmcv's
+  `warmup='linear'` (SCRFD: 1500 iterations from 0.001). RetinaFace's reference has none."""
   boundaries = {int(e * steps_per_epoch): gamma for e in decay_epochs}
   decay = optax.piecewise_constant_schedule(base_lr, boundaries)
-  if warmup_epochs <= 0:
+  warm = warmup_steps if warmup_steps > 0 else int(warmup_epochs * steps_per_epoch)
+  if warm <= 0:
     return decay
-  warm = int(warmup_epochs * steps_per_epoch)
-  return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warm), lambda s: decay(s + warm)], [warm])
+  ramp = optax.linear_schedule(warmup_ratio * base_lr, base_lr, warm)
+  return optax.join_schedules([ramp, lambda s: decay(s + warm)], [warm])
 
 
 def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
