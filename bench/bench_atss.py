@@ -99,15 +99,18 @@ def main():
     valid = np.zeros((args.batch, rows), bool)
     for i, f in enumerate(faces):
       gt[i, :len(f)], valid[i, :len(f)] = f, True
-    fn = jax.jit(jax.vmap(lambda g, v: atss_assign(jnp.asarray(boxes), counts, g, v)))
+    fn = jax.jit(jax.vmap(lambda g, v: atss_assign(boxes, counts, g, v)))
     gt_d, valid_d = jax.device_put(gt), jax.device_put(valid)
     got = np.asarray(fn(gt_d, valid_d)[0])
-    for i, f in enumerate(faces_t):  # the vectorised torch assigner agrees (ties aside: none here)
-      want = vectorised_torch(anchors_t, counts, f).numpy()
-      assert (got[i] == want).all(), f'image {i}: {(got[i] != want).sum()} anchors differ'
+    differ = sum(int((got[i] != vectorised_torch(anchors_t, counts, f).numpy()).sum()) for i, f in enumerate(faces_t))
+    positives = int((got >= 0).sum())
     fns[f'jaxface, vmapped, {rows} rows'] = (lambda fn=fn, g=gt_d, v=valid_d: jax.block_until_ready(fn(g, v)))
 
+  # torch.topk orders equal distances its own way (the two anchors of a location always tie), so a
+  # few assignments at the 9th pick differ; the test suite checks jaxface against a stable re-statement.
   print(common.machine())
+  print(f'assignments: jaxface {positives} positives; the vectorised torch assigner differs at {differ} anchors '
+        f'(torch.topk\'s order among equal distances)')
   print(f'{args.batch} images x {args.faces} faces, 640 px ({len(boxes)} anchors); torch {torch.__version__} '
         f'({args.threads} threads)')
   times = common.interleaved(fns, args.repeats, lead_in=1)

@@ -29,7 +29,7 @@ def _anchors(size):
 @functools.lru_cache(maxsize=None)
 def _batched(size):
   boxes, counts = _anchors(size)
-  fn = jax.jit(jax.vmap(lambda gt, valid: atss_assign(jnp.asarray(boxes), counts, gt, valid)))
+  fn = jax.jit(jax.vmap(lambda gt, valid: atss_assign(boxes, counts, gt, valid)))
   return fn, boxes, counts
 
 
@@ -84,7 +84,11 @@ def test_faces_larger_than_every_anchor_and_on_the_border():
   huge = np.asarray([[-100, -50, 700, 690], [0, 0, 640, 640]], np.float32)
   border = np.asarray([[0, 0, 30, 40], [600, 590, 640, 640], [-20, 300, 25, 350], [620, -10, 660, 30]],
                       np.float32)
-  _check([huge, border])
+  # Centres outside the image (one past a corner): the nearest anchors are on the border.
+  outside = np.asarray([[-60, 100, 20, 180], [600, 620, 700, 700], [-90, -70, 30, 20], [300, 610, 420, 720]],
+                       np.float32)
+  assigned, _ = _check([huge, border, outside])
+  assert (assigned[2] >= 0).any()
 
 
 def test_duplicate_boxes_go_to_the_lower_index():

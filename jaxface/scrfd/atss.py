@@ -13,8 +13,8 @@ pick of a level usually cuts a tie. Here the lower anchor index wins (`lax.top_k
 kernels, so the reference itself is not deterministic there. An anchor positive for several faces
 with equal IoUs goes to the lowest face index (the first maximum, as torch's `max` returns on CPU).
 
-No Python loop over faces or the batch: the IoUs and distances are `[A, G]` arrays, the per-level
-candidates a `top_k` over each level's rows.
+No Python loop over faces or the batch, and nothing of size `[A, G]`: each face's candidates come
+from a small block of locations around its centre, and claims are resolved by scatters.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxface.scrfd.anchors import ANCHORS_PER_CELL
 
 EPS = 1e-6  # mmdet's `bbox_overlaps`: union floored at eps
 
@@ -49,12 +52,51 @@ def aligned_iou(a: jax.Array, b: jax.Array) -> jax.Array:
   return overlap / jnp.maximum(area_a + area_b - overlap, EPS)
 
 
+# Candidates are searched in a WINDOW x WINDOW block of locations around the one nearest a face's
+# centre (clamped into the grid). The `topk` = 9 nearest anchors are the 5 nearest locations (2 anchors
+# each), all within 1.6 cells of the centre, so within 2 locations of the nearest one, also for centres
+# outside the image; 7 leaves a margin, and any tie at the cut lies inside the block too.
+WINDOW = 7
+
+
+def _grid(level: np.ndarray) -> tuple[int, int, np.ndarray, float]:
+  """A level's `[n, 4]` anchor table -> (rows, columns, centre of location (0, 0) `[2]`, stride);
+  the table must be a row-major grid of locations with `ANCHORS_PER_CELL` anchors each."""
+  centres = (level[:, :2] + level[:, 2:]) / 2
+  xs, ys = np.unique(centres[:, 0]), np.unique(centres[:, 1])
+  fh, fw = len(ys), len(xs)
+  step = np.diff(xs) if fw > 1 else np.diff(ys)
+  stride = float(step[0]) if len(step) else 1.0
+  want = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 1, 2).repeat(ANCHORS_PER_CELL, 1).reshape(-1, 2)
+  if (fh * fw * ANCHORS_PER_CELL != len(level) or not np.allclose(step, stride)
+      or not np.array_equal(centres, want)):
+    raise ValueError(f'atss_assign: a level of {len(level)} anchors is not a row-major grid of locations with '
+                     f'{ANCHORS_PER_CELL} anchors each (SCRFD\'s anchors.anchor_boxes)')
+  return fh, fw, np.asarray([xs[0], ys[0]], np.float32), stride
+
+
+def _level_candidates(anchor_c: jax.Array, gt_c: jax.Array, fh: int, fw: int, origin: np.ndarray, stride: float,
+                      start: int, topk: int) -> jax.Array:
+  """`[G, min(topk, n)]` anchor indices of one level nearest each face centre `gt_c [G,2]`, nearest
+  first, equal distances by lower index (the block is enumerated in anchor order)."""
+  wy, wx = min(WINDOW, fh), min(WINDOW, fw)
+  y0 = jnp.clip(jnp.round((gt_c[:, 1] - origin[1]) / stride).astype(jnp.int32) - wy // 2, 0, fh - wy)
+  x0 = jnp.clip(jnp.round((gt_c[:, 0] - origin[0]) / stride).astype(jnp.int32) - wx // 2, 0, fw - wx)
+  loc = (y0[:, None, None] + jnp.arange(wy)[None, :, None]) * fw + (x0[:, None, None] + jnp.arange(wx)[None, None, :])
+  block = (loc[..., None] * ANCHORS_PER_CELL + jnp.arange(ANCHORS_PER_CELL)[None, None, None, :])
+  block = block.reshape(gt_c.shape[0], -1) + start                                  # [G, W], anchor order
+  d = jnp.sqrt(jnp.sum((anchor_c[block] - gt_c[:, None, :]) ** 2, axis=-1))       # [G, W]
+  _, j = jax.lax.top_k(-d, min(topk, fh * fw * ANCHORS_PER_CELL))
+  return jnp.take_along_axis(block, j, axis=1)
+
+
 def atss_assign(anchors: jax.Array, num_level_anchors: Sequence[int], gt_boxes: jax.Array, gt_valid: jax.Array,
                 topk: int = 9) -> tuple[jax.Array, jax.Array]:
   """One image's anchors -> faces.
 
   Args:
-    anchors: `[A, 4]` xyxy pixels, levels concatenated (`anchors.anchor_boxes`).
+    anchors: `[A, 4]` xyxy pixels, levels concatenated in SCRFD's order (`anchors.anchor_boxes`:
+      per level a row-major grid of locations, `ANCHORS_PER_CELL` anchors each).
     num_level_anchors: static anchor counts per level, `(n8, n16, n32)`, summing to A.
     gt_boxes: `[G, 4]` xyxy pixels, padded; gt_valid: `[G]` bool, the real rows.
     topk: candidates per level and face (SCRFD: 9).
@@ -63,25 +105,32 @@ def atss_assign(anchors: jax.Array, num_level_anchors: Sequence[int], gt_boxes: 
     `assigned_gt [A]` int32: the face of each positive anchor, -1 for background (mmdet's
     `assigned_gt_inds - 1`); `assigned_iou [A]` float32: its IoU with that face, 0 for background
     (mmdet leaves -1e8 there). No valid face: every anchor is background.
+
+  Cost: `O(A + G * candidates)`. Only a face's candidates can become its positives, so neither the
+  `[A, G]` IoUs nor the distances are formed: candidates come from a block of locations around each
+  face centre (`WINDOW`), and anchors claimed by several faces are resolved by scatters.
   """
-  anchors = jnp.asarray(anchors, jnp.float32)
+  try:
+    table = np.asarray(anchors, np.float32)
+  except jax.errors.TracerArrayConversionError:
+    raise TypeError('atss_assign: anchors must be a static table (numpy, or a constant closed over by jit), '
+                    'not a traced value: its grid decides the compiled program') from None
+  anchors = jnp.asarray(table)
   gt_boxes = gt_boxes.astype(jnp.float32)
-  if sum(num_level_anchors) != anchors.shape[0]:
+  num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
+  if sum(num_level_anchors) != num_anchors:
     raise ValueError(f'num_level_anchors {tuple(num_level_anchors)} sum to {sum(num_level_anchors)}, '
-                     f'not the {anchors.shape[0]} anchors')
-  overlaps = box_iou(anchors, gt_boxes)                                   # [A, G]
+                     f'not the {num_anchors} anchors')
   anchor_c = (anchors[:, :2] + anchors[:, 2:]) / 2.0                      # [A, 2]
   gt_c = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2.0                        # [G, 2]
-  distances = jnp.sqrt(jnp.sum((anchor_c[:, None, :] - gt_c[None, :, :]) ** 2, axis=-1))  # [A, G]
 
   candidates, start = [], 0
   for n in num_level_anchors:  # static: three levels
-    k = min(topk, n)
-    _, idx = jax.lax.top_k(-distances[start:start + n].T, k)              # [G, k], nearest first
-    candidates.append(idx.astype(jnp.int32) + start)
+    fh, fw, origin, stride = _grid(table[start:start + n])
+    candidates.append(_level_candidates(anchor_c, gt_c, fh, fw, origin, stride, start, topk))
     start += n
   cand = jnp.concatenate(candidates, axis=1)                              # [G, C]
-  cand_iou = jnp.take_along_axis(overlaps.T, cand, axis=1)                # [G, C]
+  cand_iou = aligned_iou(anchors[cand], gt_boxes[:, None, :])             # [G, C]
   threshold = jnp.mean(cand_iou, axis=1) + jnp.std(cand_iou, axis=1, ddof=1)
 
   c = anchor_c[cand]                                                      # [G, C, 2]
@@ -92,12 +141,14 @@ def atss_assign(anchors: jax.Array, num_level_anchors: Sequence[int], gt_boxes: 
   inside = jnp.min(sides, axis=-1) / size[:, None] > 0.001
   positive = (cand_iou >= threshold[:, None]) & inside & gt_valid[:, None]  # [G, C]
 
-  # Each face's candidates are distinct anchors, so scattering its flags back is exact.
-  rows = jnp.broadcast_to(jnp.arange(gt_boxes.shape[0])[:, None], cand.shape)
-  claimed = jnp.zeros(overlaps.shape[::-1], bool).at[rows, cand].set(positive).T  # [A, G]
-  claimed_iou = jnp.where(claimed, overlaps, -jnp.inf)
-  best = jnp.argmax(claimed_iou, axis=1).astype(jnp.int32)                # first maximum
-  hit = jnp.any(claimed, axis=1)
-  assigned = jnp.where(hit, best, -1)
-  iou = jnp.where(hit, jnp.take_along_axis(overlaps, best[:, None], axis=1)[:, 0], 0.0)
+  # An anchor claimed by several faces goes to the highest IoU, then the lowest face index.
+  flat = cand.ravel()
+  claim = jnp.where(positive, cand_iou, -jnp.inf).ravel()
+  best = jnp.full((num_anchors,), -jnp.inf, jnp.float32).at[flat].max(claim)
+  face = jnp.broadcast_to(jnp.arange(num_gt, dtype=jnp.int32)[:, None], cand.shape).ravel()
+  winner = jnp.full((num_anchors,), num_gt, jnp.int32).at[flat].min(
+      jnp.where(positive.ravel() & (claim == best[flat]), face, num_gt))
+  hit = winner < num_gt
+  assigned = jnp.where(hit, winner, -1)
+  iou = jnp.where(hit, best, 0.0)
   return jax.lax.stop_gradient(assigned), jax.lax.stop_gradient(iou)

@@ -74,11 +74,12 @@ def image_loss_terms(logits, distances, kps, anchor_boxes, strides, num_level_an
 
   Args:
     logits `[A]`, distances `[A,4]` (after `Scale`, stride units), kps `[A,10]` (or `[A,0]`): the
-      head's training outputs; anchor_boxes `[A,4]` px and strides `[A]` (static tables);
+      head's training outputs; anchor_boxes `[A,4]` px and strides `[A]` (static numpy tables);
     gt_boxes `[G,4]` px, gt_valid `[G]`, gt_kps `[G,5,2]` px, kps_visible `[G]` float.
   Returns: `cls`, `bbox`, `kps`, `weight` (sum of w over positives), `num_pos`.
   """
   assigned, _ = atss_assign(anchor_boxes, num_level_anchors, gt_boxes, gt_valid, TOPK)
+  anchor_boxes, strides = jnp.asarray(anchor_boxes, jnp.float32), jnp.asarray(strides, jnp.float32)
   pos = assigned >= 0
   g = jnp.maximum(assigned, 0)
   stride = strides[:, None]
@@ -115,8 +116,7 @@ def scrfd_loss(logits, distances, kps, batch: Mapping[str, jax.Array], anchor_bo
   gt_kps = batch['landmarks'].astype(jnp.float32) * side
   gt_valid = batch['box_valid'] & ~batch.get('ignore', jnp.zeros_like(batch['box_valid']))
   visible = batch['landmark_valid'].astype(jnp.float32)
-  boxes_t, strides_t = jnp.asarray(anchor_boxes), jnp.asarray(strides, jnp.float32)
-  terms = jax.vmap(lambda l, d, k, b, v, p, s: image_loss_terms(l, d, k, boxes_t, strides_t, num_level_anchors,
+  terms = jax.vmap(lambda l, d, k, b, v, p, s: image_loss_terms(l, d, k, anchor_boxes, strides, num_level_anchors,
                                                                  b, v, p, s))(
       logits.astype(jnp.float32), distances.astype(jnp.float32), kps.astype(jnp.float32),
       gt_boxes, gt_valid, gt_kps, visible)
