@@ -33,6 +33,8 @@ SEED = "seed's per-face loop, per image"
 
 def vectorised_torch(anchors: torch.Tensor, counts, gt: torch.Tensor, topk: int = 9) -> torch.Tensor:
   """One image, all faces at once (mmdet's ATSSAssigner, mode 0): face index per anchor, -1 background."""
+  if len(gt) == 0:  # mmdet's early return: all background
+    return torch.full((anchors.shape[0],), -1, dtype=torch.long)
   lt = torch.max(anchors[:, None, :2], gt[None, :, :2])
   rb = torch.min(anchors[:, None, 2:], gt[None, :, 2:])
   wh = (rb - lt).clamp(min=0)
