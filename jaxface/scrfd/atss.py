@@ -53,10 +53,14 @@ def aligned_iou(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 # Candidates are searched in a WINDOW x WINDOW block of locations around the one nearest a face's
-# centre (clamped into the grid). The `topk` = 9 nearest anchors are the 5 nearest locations (2 anchors
-# each), all within 1.6 cells of the centre, so within 2 locations of the nearest one, also for centres
-# outside the image; 7 leaves a margin, and any tie at the cut lies inside the block too.
-WINDOW = 7
+# centre, clamped into the grid. Why 5 is enough for topk <= 10 (the 5 nearest locations, 2 anchors
+# each): a centre is within half a cell of its nearest location in each axis, and its 5th nearest
+# location is at most 1.58 cells away (a centre on a cell corner), so every location as near as that,
+# ties included, is within 2 locations of the nearest one. For a centre outside the grid, the nearest
+# locations lie along the border within 2 rows (columns) of the clamped one, and a location 3
+# columns (rows) in is farther than all of them. A 3x3 block fails the tests.
+WINDOW = 5
+MAX_TOPK = 10
 
 
 def _grid(level: np.ndarray) -> tuple[int, int, np.ndarray, float]:
@@ -78,16 +82,28 @@ def _grid(level: np.ndarray) -> tuple[int, int, np.ndarray, float]:
 def _level_candidates(anchor_c: jax.Array, gt_c: jax.Array, fh: int, fw: int, origin: np.ndarray, stride: float,
                       start: int, topk: int) -> jax.Array:
   """`[G, min(topk, n)]` anchor indices of one level nearest each face centre `gt_c [G,2]`, nearest
-  first, equal distances by lower index (the block is enumerated in anchor order)."""
+  first, equal distances by lower index.
+
+  A location's anchors share its centre, so the `topk` nearest anchors are the `ceil(topk / 2)`
+  nearest locations' (the last one's first anchor only, for odd `topk`), found by repeated argmin
+  over the block (the first minimum: the lower location, so the lower anchor index, wins a tie).
+  """
   wy, wx = min(WINDOW, fh), min(WINDOW, fw)
   y0 = jnp.clip(jnp.round((gt_c[:, 1] - origin[1]) / stride).astype(jnp.int32) - wy // 2, 0, fh - wy)
   x0 = jnp.clip(jnp.round((gt_c[:, 0] - origin[0]) / stride).astype(jnp.int32) - wx // 2, 0, fw - wx)
   loc = (y0[:, None, None] + jnp.arange(wy)[None, :, None]) * fw + (x0[:, None, None] + jnp.arange(wx)[None, None, :])
-  block = (loc[..., None] * ANCHORS_PER_CELL + jnp.arange(ANCHORS_PER_CELL)[None, None, None, :])
-  block = block.reshape(gt_c.shape[0], -1) + start                                  # [G, W], anchor order
-  d = jnp.sqrt(jnp.sum((anchor_c[block] - gt_c[:, None, :]) ** 2, axis=-1))       # [G, W]
-  _, j = jax.lax.top_k(-d, min(topk, fh * fw * ANCHORS_PER_CELL))
-  return jnp.take_along_axis(block, j, axis=1)
+  loc = loc.reshape(gt_c.shape[0], -1)                                              # [G, L], row-major
+  d = jnp.sqrt(jnp.sum((anchor_c[start + loc * ANCHORS_PER_CELL] - gt_c[:, None, :]) ** 2, axis=-1))
+  k = min(topk, fh * fw * ANCHORS_PER_CELL)
+  iota = jnp.arange(loc.shape[1])[None, :]
+  nearest = []
+  for _ in range(-(-k // ANCHORS_PER_CELL)):
+    j = jnp.argmin(d, axis=1)
+    nearest.append(jnp.take_along_axis(loc, j[:, None], axis=1))
+    d = jnp.where(iota == j[:, None], jnp.inf, d)
+  picked = jnp.concatenate(nearest, axis=1)                                         # [G, ceil(k/2)]
+  anchors = picked[..., None] * ANCHORS_PER_CELL + jnp.arange(ANCHORS_PER_CELL)[None, None, :]
+  return anchors.reshape(gt_c.shape[0], -1)[:, :k] + start
 
 
 def atss_assign(anchors: jax.Array, num_level_anchors: Sequence[int], gt_boxes: jax.Array, gt_valid: jax.Array,
@@ -108,7 +124,7 @@ def atss_assign(anchors: jax.Array, num_level_anchors: Sequence[int], gt_boxes: 
 
   Cost: `O(A + G * candidates)`. Only a face's candidates can become its positives, so neither the
   `[A, G]` IoUs nor the distances are formed: candidates come from a block of locations around each
-  face centre (`WINDOW`), and anchors claimed by several faces are resolved by scatters.
+  face centre (`WINDOW`; `topk` <= `MAX_TOPK`), and anchors claimed by several faces are resolved by scatters.
   """
   try:
     table = np.asarray(anchors, np.float32)
@@ -118,6 +134,8 @@ def atss_assign(anchors: jax.Array, num_level_anchors: Sequence[int], gt_boxes: 
   anchors = jnp.asarray(table)
   gt_boxes = gt_boxes.astype(jnp.float32)
   num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
+  if topk > MAX_TOPK:
+    raise ValueError(f'atss_assign: topk {topk} > {MAX_TOPK}, beyond what the {WINDOW}x{WINDOW} candidate block covers')
   if sum(num_level_anchors) != num_anchors:
     raise ValueError(f'num_level_anchors {tuple(num_level_anchors)} sum to {sum(num_level_anchors)}, '
                      f'not the {num_anchors} anchors')
