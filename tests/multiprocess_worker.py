@@ -39,8 +39,12 @@ def main() -> int:
   parser.add_argument('--sigterm-at-step', type=int, help='with --loop: SIGTERM to the last process before this step')
   parser.add_argument('--checkpoint-every-steps', type=int, help="with --loop: the config's value instead of the tiny one")
   parser.add_argument('--init-timeout', type=int, default=120, help='seconds to wait for the other processes')
+  parser.add_argument('--scrfd', action='store_true', help="the two bare steps with SCRFD's model, ATSS and loss")
   args = parser.parse_args()
   tp.configure(args.local_devices)
+  if args.scrfd:
+    import scrfd_multidevice_check
+    scrfd_multidevice_check.use_scrfd()
 
   import jax
   import numpy as np

@@ -16,13 +16,13 @@ import train_parity as tp
 ARCH = 'scrfd_500m_bnkps'
 
 
-def main() -> int:
-  tp.configure(4, 'float64')
+def use_scrfd() -> None:
+  """Points train_parity's model, loss and batches at SCRFD (after `tp.configure`): ATSS traced in
+  float32 as in training, the batches through SCRFD's augmentation."""
   import jax
   import jax.numpy as jnp
   from jaxface.data import pipeline, synthetic
   from jaxface.scrfd import FAMILY, augment, loss
-  from jaxface.training import parallel
   from jaxface.training import train_step as ts
 
   assign = loss.atss_assign
@@ -33,12 +33,26 @@ def main() -> int:
       return assign(*args, **kwargs)
   loss.atss_assign = float32_assign
 
+  def host_batches(process_index: int = 0, process_count: int = 1) -> list[dict]:
+    source = synthetic.SyntheticFaces('train', 2 * tp.GLOBAL_BATCH, seed=0)
+    cfg = pipeline.LoaderConfig(global_batch_size=tp.GLOBAL_BATCH, image_size=tp.S, max_faces=16, seed=0,
+                                process_index=process_index, process_count=process_count)
+    return list(pipeline.batches(source, augment.scrfd_augment, cfg, num_steps=tp.STEPS))
+
   tp.model = lambda dtype=None, **kw: FAMILY.build(FAMILY.spec(ARCH), dtype=jnp.dtype(dtype or tp.DTYPE), **kw)
   tp.loss_fn = lambda: ts.loss_fn_for(FAMILY, FAMILY.spec(ARCH))
+  tp.host_batches = host_batches
+
+
+def main() -> int:
+  tp.configure(4, 'float64')
+  use_scrfd()
+  import jax
+  from jaxface.training import parallel
+  from jaxface.training import train_step as ts
+
   assert jax.device_count() == 4, jax.devices()
-  source = synthetic.SyntheticFaces('train', 2 * tp.GLOBAL_BATCH, seed=0)
-  cfg = pipeline.LoaderConfig(global_batch_size=tp.GLOBAL_BATCH, image_size=tp.S, max_faces=16, seed=0)
-  batches = list(pipeline.batches(source, augment.scrfd_augment, cfg, num_steps=tp.STEPS))
+  batches = tp.host_batches()
   state0, tx, mesh = tp.initial_state(), tp.optimizer(), parallel.data_mesh()
   device0 = lambda tree: jax.device_put(tree, jax.devices()[0])
   jobs = {

@@ -106,6 +106,18 @@ def test_two_processes_match_one(tmp_path):
   assert ok, 'two processes differ from one by more than 1e-5 (worst differences printed above)'
 
 
+def test_scrfd_two_processes_match_one(tmp_path):
+  """The same for SCRFD's step (ATSS, its losses with global normalisers, BN heads)."""
+  def args(name):
+    return ['--scrfd', '--out', str(tmp_path / ('reference.npz' if name == 'reference' else 'result_{process}.npz'))]
+  _run_workers(tmp_path, 1, args)
+  ref = dict(np.load(tmp_path / 'reference.npz'))
+  ok = True
+  for i in range(2):
+    ok &= tp.compare(f'process {i} vs one process', ref, dict(np.load(tmp_path / f'result_{i}.npz')))
+  assert ok, 'two processes differ from one by more than 1e-5 (worst differences printed above)'
+
+
 @pytest.fixture(scope='module')
 def loop_runs(tmp_path_factory):
   """The tiny loop straight through, by one process over 4 devices (`one/`) and by two processes
