@@ -5,7 +5,7 @@
 Per architecture, side by side in one process (random weights with the released names and shapes: no SCRFD
 weights exist on these machines; the classifier keeps its reference initialisation, bias -4.595, with damped
 weights, and the confidence threshold is `--conf` (default 0.05), raised to the 301st score where more faces
-pass, so that both sides return the same faces, below jaxface's `max_detections` of 750):
+pass, so that the post-processing's share stays that of a photo of a crowd):
 
 * (a) the re-statement (`tests/reference_scrfd.py`) eager in torch with mmdet's post-processing
   (`mmdet_detect`: letterbox, forward, decode, NMS 0.45), conf `--conf`;
@@ -15,6 +15,7 @@ pass, so that both sides return the same faces, below jaxface's `max_detections`
 
 One photo (crowd.jpg, 1024x624) per call, then a batch of 8 mixed-size photos: jaxface's `detect_batch`
 (every image letterboxed into one 640x640 program) against (b)'s per-image loop, as images per second.
+Each timed call follows `--lead-in` untimed calls of the same contender (see `common.interleaved`).
 """
 from __future__ import annotations
 
