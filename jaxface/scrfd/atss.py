@@ -8,7 +8,7 @@ lies inside the face by more than 0.001 of the face's size (`min(l, t, r, b) / s
 insightface's "mode 0"). An anchor positive for several faces goes to the one it overlaps most.
 
 Ties. The two anchors of a location are always equally far from a face's centre, so the `topk`-th
-pick of a level usually cuts a tie. Here the lower anchor index wins (`lax.top_k` is stable);
+pick of a level usually cuts a tie. Here the lower anchor index wins (the first argmin);
 `torch.topk`'s order among equal values is unspecified and differs between its CPU and CUDA
 kernels, so the reference itself is not deterministic there. An anchor positive for several faces
 with equal IoUs goes to the lowest face index (the first maximum, as torch's `max` returns on CPU).
@@ -27,18 +27,6 @@ import numpy as np
 from jaxface.scrfd.anchors import ANCHORS_PER_CELL
 
 EPS = 1e-6  # mmdet's `bbox_overlaps`: union floored at eps
-
-
-def box_iou(a: jax.Array, b: jax.Array) -> jax.Array:
-  """mmdet's `bbox_overlaps(a, b)` (mode 'iou', plain areas, no +1): `[N,4]`, `[M,4]` xyxy -> `[N, M]`."""
-  lt = jnp.maximum(a[:, None, :2], b[None, :, :2])
-  rb = jnp.minimum(a[:, None, 2:], b[None, :, 2:])
-  wh = jnp.maximum(rb - lt, 0.0)
-  overlap = wh[..., 0] * wh[..., 1]
-  area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-  area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-  union = jnp.maximum(area_a[:, None] + area_b[None, :] - overlap, EPS)
-  return overlap / union
 
 
 def aligned_iou(a: jax.Array, b: jax.Array) -> jax.Array:
