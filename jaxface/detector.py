@@ -50,6 +50,8 @@ class Detector:
     self.spec = family.spec(arch)
     self.model = family.build(self.spec, cpu_kernels=cpu_kernels)
     self.variables = jax.tree_util.tree_map(jnp.asarray, variables)
+    # The fixed network input side of a letterboxing family, else None (any size).
+    self.input_size = None if family.input_size is None else family.input_size(self.spec)
     self.bucketed = bucketed
     self.batch_size = batch_size
     self._detect = inference.make_detect_fn(family, self.model, self.spec, postprocess)
@@ -61,8 +63,8 @@ class Detector:
     return list(self._detect.traces)
 
   def _input_size(self, h: int, w: int) -> tuple[int, int]:
-    if self.family.input_size is not None:
-      return self.family.input_size, self.family.input_size
+    if self.input_size is not None:
+      return self.input_size, self.input_size
     if not self.bucketed:
       return h, w
     return inference.bucket_size(h, inference.BUCKETS), inference.bucket_size(w, inference.BUCKETS)
@@ -76,17 +78,18 @@ class Detector:
                    nms_threshold: float | None = None, max_num: int = 0) -> list[Detections]:
     """`detect` for many images: same-size (or same-bucket) images share compiled batches.
 
-    Thresholds default to the family's protocol (`Family.conf_threshold`, `nms_threshold`).
+    Thresholds default to the family's protocol (`Family.default_conf`, `nms_threshold`).
     `max_num` > 0 keeps each image's `max_num` faces with the largest area minus twice the squared
     offset from the image centre, in that order (insightface's `detect(max_num=...)`).
     """
-    conf_threshold = self.family.conf_threshold if conf_threshold is None else conf_threshold
+    conf_threshold = self.family.default_conf(self.spec) if conf_threshold is None else conf_threshold
     nms_threshold = self.family.nms_threshold if nms_threshold is None else nms_threshold
     images = [as_bgr_uint8(im, f'image {i}') for i, im in enumerate(images)]
     original_hw = [im.shape[:2] for im in images]
     factors = [None] * len(images)  # per-axis (x, y) input / image scale of a letterboxed image
-    if self.family.input_size is not None:
-      images, factors = zip(*(self._letterbox(im) for im in images))
+    offsets = [None] * len(images)  # and where the image's origin lies in the input (centred letterbox)
+    if self.input_size is not None:
+      images, factors, offsets = zip(*(self._letterbox(im) for im in images))
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
       groups.setdefault(self._input_size(*im.shape[:2]), []).append(i)
@@ -100,10 +103,13 @@ class Detector:
         b = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())
         sizes = np.zeros((b, 2), np.int32)
         sizes[:len(chunk)] = [images[i].shape[:2] for i in chunk]
-        scale = None  # letterboxed: detections come back in the image's pixels, mapped before NMS
+        scale = offset = None  # letterboxed: detections come back in the image's pixels, mapped before NMS
         if factors[chunk[0]] is not None:
           scale = np.ones((b, 2), np.float32)
           scale[:len(chunk)] = [factors[i] for i in chunk]
+        if offsets[chunk[0]] is not None:
+          offset = np.zeros((b, 2), np.float32)
+          offset[:len(chunk)] = [offsets[i] for i in chunk]
         if b == 1 and images[chunk[0]].shape[:2] == (h, w):
           batch = images[chunk[0]][None]  # a view: no copy of the one exact-size image
         else:
@@ -111,28 +117,33 @@ class Detector:
           for j, i in enumerate(chunk):
             batch[j] = (images[i] if images[i].shape[:2] == (h, w)
                         else inference.pad_to(images[i], h, w, self.family.pad_bgr))
-        out = jax.device_get(self._detect(self.variables, batch, sizes, conf, nms, scale))
+        out = jax.device_get(self._detect(self.variables, batch, sizes, conf, nms, scale, offset))
         for j, i in enumerate(chunk):
           v = out['valid'][j]
           pick = inference.largest_central(out['boxes'][j][v], original_hw[i], max_num)
           results[i] = Detections(out['boxes'][j][v][pick], out['scores'][j][v][pick], out['landmarks'][j][v][pick])
     return results
 
-  def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The image resized to fit the family's fixed input (`Family.input_size`, by `Family.letterbox`),
-    and the scale `[2]` (x, y) float32 from image to input pixels."""
+  def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The image fitted into the family's fixed input (`Family.input_size`): `(input, scale [2] (x, y)
+    float32 input pixels per image pixel, offset [2] (x, y) or None)`. Top-left (`Family.letterbox`)
+    the input is the resized image, padded later; centred it is the whole canvas."""
+    if self.family.letterbox_centred:
+      return inference.centred_letterbox(image, self.input_size, self.family.pad_bgr)
     h, w = image.shape[:2]
-    nh, nw, scale = (self.family.letterbox or inference.mmcv_letterbox)(h, w, self.family.input_size)
+    nh, nw, scale = (self.family.letterbox or inference.mmcv_letterbox)(h, w, self.input_size)
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    return resized, scale
+    return resized, scale, None
 
   def raw_outputs(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
     """The heads for the whole image at its exact size, in the reference's anchor order (RetinaFace:
     `(bbox deltas [A,4], class logits [A,2], landmark deltas [A,10])`)."""
     image = as_bgr_uint8(image)
-    if self.family.input_size is not None:  # the family's protocol: letterboxed into its fixed input
-      image, _ = self._letterbox(image)
-      s = self.family.input_size
+    if self.input_size is not None and image.shape[:2] == (self.input_size, self.input_size):
+      sizes = np.asarray([image.shape[:2]], np.int32)  # already the network's input: as it is
+    elif self.input_size is not None:  # the family's protocol: letterboxed into its fixed input
+      image, _, _ = self._letterbox(image)
+      s = self.input_size
       sizes = np.asarray([image.shape[:2]], np.int32)
       image = inference.pad_to(image, s, s, self.family.pad_bgr)
     else:

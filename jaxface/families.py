@@ -5,10 +5,10 @@ A new family is a package with a `FAMILY` (see `jaxface.family`) and one entry i
 """
 from __future__ import annotations
 
-from jaxface import retinaface, scrfd
+from jaxface import blazeface, retinaface, scrfd
 from jaxface.family import Family
 
-FAMILIES: tuple[Family, ...] = (retinaface.FAMILY, scrfd.FAMILY)
+FAMILIES: tuple[Family, ...] = (retinaface.FAMILY, scrfd.FAMILY, blazeface.FAMILY)
 
 ARCHS: tuple[str, ...] = tuple(sorted(a for f in FAMILIES for a in f.specs))
 if len(set(ARCHS)) != len(ARCHS):
@@ -23,6 +23,7 @@ WEIGHT_NAMES: tuple[str, ...] = ARCHS + tuple(sorted(b for f in FAMILIES for b i
 # Test protocols beyond each family's own (`Family.protocol`): family name -> variants of its `Family`.
 PROTOCOLS: dict[str, tuple[Family, ...]] = {
     'scrfd': (scrfd.DEPLOYMENT,),  # insightface's scrfd.py, the ONNX deployment path
+    'blazeface': (blazeface.MEDIAPIPE,),  # MediaPipe's own graphs (hollance's port is the family's)
 }
 
 

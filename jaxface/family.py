@@ -77,14 +77,20 @@ class Family:
   nms_threshold, nms_plus_one: the reference's test-time NMS (IoU threshold; `+1`-pixel areas).
   test_scale: the evaluation protocol its published WIDER numbers use ('original', 'mxnet', 'vga').
   input_size: None (any input size; anchors beyond an image padded into a larger batch are masked),
-    or a fixed square network input: the detector resizes each image keeping its aspect ratio so the
-    long side is `input_size` (by `letterbox`, bilinear), places it top-left, keeps every anchor
-    (`decode` clips boxes where the protocol does), and maps the decoded boxes back to the image's
-    pixels inside the program, before NMS (as the references do).
+    or `spec -> S`, a fixed square network input: the detector resizes each image keeping its aspect
+    ratio so the long side is `S` (by `letterbox`, bilinear), places it top-left (or centred, where
+    `letterbox_centred`), keeps every anchor (`decode` clips boxes where the protocol does), and maps
+    the decoded boxes back to the image's pixels inside the program, before NMS (as the references do).
   letterbox: `(h, w, input_size) -> (new_h, new_w, scale [2] float32 (x, y))`, the resize rule of a
     fixed-input family; None: mmcv's `imrescale` (sides `int(x*s + 0.5)`, scale per axis from the
     integer sizes, `inference.letterbox_size`).
+  letterbox_centred: the image goes in centred instead (MediaPipe's letterbox,
+    `inference.centred_letterbox`: one scale `S / long side`, the padding split evenly, `pad_bgr`).
   conf_threshold: the default score threshold; conf_inclusive: keep scores `>=` it (else `>`).
+  conf_threshold_of: `spec -> threshold` where the default differs per model (BlazeFace's front and
+    back models), else None (`default_conf`).
+  weighted_nms_score: None (greedy NMS), or weighted NMS (`jaxface.nms.weighted_nms`) with this rule
+    for a cluster's score (`nms.mean_score`, `nms.top_score`).
   pre_nms_top_k, max_detections: the reference's caps on NMS's input and output (None: none; the
     compiled program then sizes them by the anchor count).
   protocol: the name of this test protocol. A family package may export variants of its `Family`
@@ -111,7 +117,7 @@ class Family:
   convert_torch: Callable[[Mapping[str, np.ndarray], str, str], dict[str, Any]]
   backbones: tuple[str, ...] = ()
   training: Training | None = None
-  input_size: int | None = None
+  input_size: Callable[[Any], int] | None = None
   convert_onnx: Callable[[str, str | None], tuple[str, dict[str, Any]]] | None = None
   letterbox: Callable[[int, int, int], tuple[int, int, np.ndarray]] | None = None
   conf_threshold: float = 0.02
@@ -119,12 +125,19 @@ class Family:
   pre_nms_top_k: int | None = None
   max_detections: int | None = None
   protocol: str = 'reference'
+  letterbox_centred: bool = False
+  conf_threshold_of: Callable[[Any], float] | None = None
+  weighted_nms_score: Callable[..., jax.Array] | None = None
 
   def spec(self, arch: str) -> Any:
     """The spec of a released architecture; an unknown name lists the valid ones."""
     if arch not in self.specs:
       raise ValueError(f'unknown {self.name} arch {arch!r}; valid: {", ".join(sorted(self.specs))}')
     return self.specs[arch]
+
+  def default_conf(self, spec: Any) -> float:
+    """The protocol's score threshold for a model (`conf_threshold_of`, else `conf_threshold`)."""
+    return self.conf_threshold if self.conf_threshold_of is None else self.conf_threshold_of(spec)
 
   def model(self, arch: str, **kwargs) -> Any:
     """`build(spec(arch), **kwargs)`."""

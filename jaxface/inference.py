@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxface import cpu_kernels
 from jaxface.family import Family
-from jaxface.nms import nms
+from jaxface.nms import nms, weighted_nms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,19 +63,26 @@ def cells_inside(cells, height, width):
   return (cells[..., 0] < -(-height // step)) & (cells[..., 1] < -(-width // step))
 
 
-def detections_one(idx, scores, ok, outputs, image_hw, scale, decode, nms_threshold, nms_plus_one: bool,
-                   max_detections: int):
-  """One image: decode the candidate rows `idx [K]`, divide by `scale [2]` (x, y; None: 1) and run
-  NMS -> fixed-size detections in pixels."""
+def detections_one(idx, scores, ok, outputs, image_hw, scale, offset, decode, nms_threshold, nms_plus_one: bool,
+                   max_detections: int, weighted_nms_score=None):
+  """One image: decode the candidate rows `idx [K]`, map them to the image by `(x - offset) / scale`
+  (`[2]` each, (x, y); None: 0 and 1) and run NMS -> fixed-size detections in pixels."""
   boxes, points = decode(outputs, idx, image_hw=image_hw)
+  if offset is not None:
+    boxes, points = boxes - jnp.concatenate([offset, offset])[None], points - offset[None, None]
   if scale is not None:  # to the image's pixels before NMS, as the references do (+1 IoU is not scale-free)
     boxes, points = boxes / jnp.concatenate([scale, scale])[None], points / scale[None, None]
   # NMS keeps at most K of the K candidate rows: the slots beyond them are padding, not gathered.
   m = min(max_detections, idx.shape[0])
-  keep, valid = nms(boxes, scores[idx], ok[idx], nms_threshold, m, nms_plus_one)
-  out = dict(boxes=jnp.where(valid[:, None], boxes[keep], 0.0),
-             scores=jnp.where(valid, scores[idx][keep], 0.0),
-             landmarks=jnp.where(valid[:, None, None], points[keep], 0.0),
+  if weighted_nms_score is None:
+    keep, valid = nms(boxes, scores[idx], ok[idx], nms_threshold, m, nms_plus_one)
+    boxes, points, kept_scores = boxes[keep], points[keep], scores[idx][keep]
+  else:
+    boxes, points, kept_scores, valid = weighted_nms(boxes, points, scores[idx], ok[idx], nms_threshold, m,
+                                                     weighted_nms_score)
+  out = dict(boxes=jnp.where(valid[:, None], boxes, 0.0),
+             scores=jnp.where(valid, kept_scores, 0.0),
+             landmarks=jnp.where(valid[:, None, None], points, 0.0),
              valid=valid)
   return {k: jnp.pad(v, [(0, max_detections - m)] + [(0, 0)] * (v.ndim - 1)) for k, v in out.items()}
 
@@ -85,7 +92,7 @@ NMS_TIERS = (512, 2048)
 
 
 def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nms_threshold, *, nms_plus_one: bool,
-                cfg: PostprocessConfig, scale=None, conf_inclusive: bool = False):
+                cfg: PostprocessConfig, scale=None, offset=None, conf_inclusive: bool = False, weighted_nms_score=None):
   """A batch of head outputs -> fixed-size detections in pixels.
 
   Args:
@@ -94,8 +101,9 @@ def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nm
     image_hw `[B,2]`: each image's unpadded (h, w) in input pixels, for the family's clipping.
     decode: `(one image's outputs, idx [K], *, image_hw) -> (boxes [K,4] px, keypoints [K,P,2] px)`.
     cfg: the caps; here None means no cap.
-    scale `[B,2]` (x, y) input pixels per output pixel, or None (1).
+    scale, offset `[B,2]` (x, y): image pixel = (input pixel - offset) / scale; None: 1 and 0.
     conf_inclusive: candidates are scores `>= conf_threshold` (else `>`).
+    weighted_nms_score: None (greedy NMS) or weighted NMS with this cluster-score rule.
   Returns:
     dict of boxes `[B,M,4]` xyxy, scores `[B,M]`, landmarks `[B,M,P,2]`, valid `[B,M]`; rows in
     descending score.
@@ -114,10 +122,10 @@ def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nm
     def run():
       idx = jax.vmap(lambda s, o: select_candidates(s, o, k, most > k))(scores, ok)
       one = functools.partial(detections_one, decode=decode, nms_threshold=nms_threshold,
-                              nms_plus_one=nms_plus_one, max_detections=max_detections)
-      if scale is None:
-        return jax.vmap(lambda *a: one(*a, None))(idx, scores, ok, outputs, image_hw)
-      return jax.vmap(one)(idx, scores, ok, outputs, image_hw, scale)
+                              nms_plus_one=nms_plus_one, max_detections=max_detections,
+                              weighted_nms_score=weighted_nms_score)
+      return jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None if scale is None else 0, None if offset is None else 0))(
+          idx, scores, ok, outputs, image_hw, scale, offset)
     return run
 
   branch = jnp.minimum(jnp.searchsorted(jnp.asarray(tiers), most), len(tiers) - 1)
@@ -126,18 +134,19 @@ def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nm
 
 def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = PostprocessConfig()) -> Callable[..., Any]:
   """Returns `detect(variables, images [B,H,W,3] uint8, sizes [B,2] int32 (h, w), conf, nms,
-  scale=None) -> dict`.
+  scale=None, offset=None) -> dict`.
 
   `sizes` are the unpadded image sizes: anchors a padded input has beyond them are masked,
   so exact-size inputs (sizes == H, W) reproduce the reference and padded ones differ only
   through the network's view of the padding. `scale [B,2]` (x, y), a letterboxed image's input
-  pixels per original pixel, maps the detections back before NMS; None leaves them in input pixels.
+  pixels per original pixel, and `offset [B,2]` (x, y), where a centred image's origin lies in the
+  input, map the detections back before NMS; None leaves them in input pixels.
   """
   traces = []  # one entry per compiled (batch, height, width): tests assert no retracing.
   cfg = cfg.resolve(family)
 
   @functools.partial(jax.jit, compiler_options=cpu_kernels.compiler_options())
-  def detect(variables, images, sizes, conf_threshold, nms_threshold, scale=None):
+  def detect(variables, images, sizes, conf_threshold, nms_threshold, scale=None, offset=None):
     traces.append(images.shape)
     b, h, w, _ = images.shape
     cells = family.anchor_cells(spec, h, w)
@@ -148,7 +157,8 @@ def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = Postpro
       anchor_ok = jnp.ones((b, len(cells)), bool)
     decode = functools.partial(family.decode, spec, input_hw=(h, w))
     return postprocess(outputs, family.scores(outputs), anchor_ok, sizes, decode, conf_threshold, nms_threshold,
-                       nms_plus_one=cfg.nms_plus_one, cfg=cfg, scale=scale, conf_inclusive=family.conf_inclusive)
+                       nms_plus_one=cfg.nms_plus_one, cfg=cfg, scale=scale, offset=offset,
+                       conf_inclusive=family.conf_inclusive, weighted_nms_score=family.weighted_nms_score)
 
   detect.traces = traces
   return detect
@@ -183,6 +193,23 @@ def mmcv_letterbox(height: int, width: int, size: int) -> tuple[int, int, np.nda
   (the default `Family.letterbox`)."""
   nh, nw = letterbox_size(height, width, size)
   return nh, nw, np.array([nw / width, nh / height], np.float32)
+
+
+def centred_letterbox(image: np.ndarray, size: int, fill_bgr: tuple[int, int, int] | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """MediaPipe's letterbox into `size x size`: one scale `s = size / long side`, the image centred
+  with the padding split evenly (`offset = (size - s * side) / 2`, fractional), bilinear, `fill_bgr`
+  (None: black) around it. As MediaPipe's `ImageToTensorCalculator` warps its region of interest,
+  input pixel = s * image pixel + offset, with pixel centres at integer coordinates.
+  Returns `(input [size, size, 3] uint8, scale [2] float32 (x, y), offset [2] float32 (x, y))`."""
+  h, w = image.shape[:2]
+  s = size / max(h, w)
+  offset = np.array([(size - s * w) / 2, (size - s * h) / 2])
+  m = np.array([[s, 0.0, offset[0]], [0.0, s, offset[1]]])
+  fill = tuple(int(v) for v in fill_bgr or (0, 0, 0))
+  out = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=fill)
+  return out, np.array([s, s], np.float32), offset.astype(np.float32)
 
 
 def largest_central(boxes: np.ndarray, image_hw: tuple[int, int], max_num: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Greedy non-maximum suppression with static shapes, on device.
+"""Greedy and weighted non-maximum suppression with static shapes, on device.
 
 Two IoU conventions: the reference's `py_cpu_nms` (`plus_one=True`: widths are `x2 - x1 + 1`,
 as for integer pixel boxes) and plain IoU. Both keep a box when its IoU with every kept,
@@ -55,3 +55,58 @@ def nms(boxes: jax.Array, scores: jax.Array, candidate: jax.Array, iou_threshold
 
   n, keep, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros((max_output,), jnp.int32), candidate))
   return keep, jnp.arange(max_output) < n
+
+
+# Weighted NMS (BlazeFace, REFERENCE.md §3.3): clusters instead of survivors. The merged score of a
+# cluster is one of these `(scores [K], members [K] bool, top index) -> scalar` rules.
+def mean_score(scores: jax.Array, members: jax.Array, top: jax.Array) -> jax.Array:
+  """The mean score of the cluster (hollance's port)."""
+  return jnp.sum(jnp.where(members, scores, 0.0)) / jnp.sum(members)
+
+
+def top_score(scores: jax.Array, members: jax.Array, top: jax.Array) -> jax.Array:
+  """The score of the cluster's best detection (MediaPipe's `WeightedNonMaxSuppression`)."""
+  return scores[top]
+
+
+def weighted_nms(boxes: jax.Array, points: jax.Array, scores: jax.Array, candidate: jax.Array,
+                 iou_threshold: jax.Array | float, max_output: int, merged_score=mean_score
+                 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Weighted NMS over `K` rows in any order, as MediaPipe's `WeightedNonMaxSuppression`.
+
+  Each step takes the best-scoring row still alive; every alive row whose IoU with it (plain, no
+  `+1`) is > the threshold, itself included, joins its cluster and leaves the pool. A cluster of
+  more than one row becomes the score-weighted mean of its boxes and keypoints and `merged_score`
+  of its scores; a cluster of one is its row unchanged.
+
+  Args:
+    boxes: `[K, 4]` xyxy; points: `[K, P, 2]`; scores: `[K]` (equal scores in row order).
+    candidate: `[K]` bool, which rows take part.
+    max_output: M, the static number of output slots.
+  Returns:
+    `(boxes [M, 4], points [M, P, 2], scores [M], valid [M])`, clusters in order of their best score.
+  """
+  k = boxes.shape[0]
+  iota = jnp.arange(k)
+  flat = jnp.concatenate([boxes, points.reshape(k, -1)], axis=1)  # [K, 4 + 2P]
+
+  def cond(state):
+    i, _, _, alive = state
+    return (i < max_output) & jnp.any(alive)
+
+  def body(state):
+    i, merged, merged_scores, alive = state
+    j = jnp.argmax(jnp.where(alive, scores, -jnp.inf))
+    members = alive & ((iou_one_to_many(boxes[j], boxes, False) > iou_threshold) | (iota == j))
+    w = jnp.where(members, scores, 0.0)
+    mean = jnp.sum(w[:, None] * flat, axis=0) / jnp.sum(w)
+    single = jnp.sum(members) == 1
+    merged = merged.at[i].set(jnp.where(single, flat[j], mean))
+    score = jnp.where(single, scores[j], merged_score(scores, members, j))
+    merged_scores = merged_scores.at[i].set(score)
+    return i + 1, merged, merged_scores, alive & ~members
+
+  init = (jnp.int32(0), jnp.zeros((max_output, flat.shape[1]), flat.dtype), jnp.zeros((max_output,), scores.dtype),
+          candidate)
+  n, merged, merged_scores, _ = jax.lax.while_loop(cond, body, init)
+  return merged[:, :4], merged[:, 4:].reshape(max_output, -1, 2), merged_scores, jnp.arange(max_output) < n

@@ -66,7 +66,7 @@ def detect_all(detector, keys: Sequence[tuple[str, str]], load: Callable[[str, s
   start = time.time()
   for first in range(0, len(keys), chunk):
     batch_keys = keys[first:first + chunk]
-    if test_scale == 'vga' and detector.family.input_size == VGA:
+    if test_scale == 'vga' and detector.input_size == VGA:
       # The family's own protocol: the detector letterboxes (padding zero after normalisation,
       # boxes clipped to the image) and maps back to the image's pixels itself.
       inputs, scales = [load(*k) for k in batch_keys], [1.0] * len(batch_keys)

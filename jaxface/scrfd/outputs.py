@@ -11,6 +11,12 @@ import numpy as np
 from jaxface.scrfd import anchors, box_coding
 
 PIXEL_MEAN, PIXEL_STD = 127.5, 128.0
+VGA = 640
+
+
+def input_size(spec) -> int:
+  """Every model's fixed network input under mmdet's test protocol: 640 x 640."""
+  return VGA
 
 
 def preprocess(images: jax.Array) -> jax.Array:
