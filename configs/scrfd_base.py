@@ -62,9 +62,9 @@ def base_config(arch: str, variant: str, config_file: str) -> ml_collections.Con
 
   if variant == 'demo':
     c.batch_size = 16
-    c.num_steps = 3000
+    c.num_steps = 16_000
     c.warmup_steps = 300
-    c.decay_epochs = (3.8, 4.4)    # steps 2375 and 2750 of 3000 (625 steps per epoch)
+    c.decay_epochs = (20.48, 23.04)  # steps 12,800 and 14,400 of 16,000 (625 steps per epoch)
     c.data.dataset = 'synthetic'
     c.data.image_size = 256
     c.data.max_faces = 64
@@ -74,6 +74,6 @@ def base_config(arch: str, variant: str, config_file: str) -> ml_collections.Con
     c.data.synthetic_val_image_size = (480, 640)
     c.log_every_steps = 25
     c.checkpoint_every_steps = 250
-    c.eval_every_steps = 500
+    c.eval_every_steps = 4000
   return c
 

@@ -37,9 +37,11 @@ READ_CHUNK = 64
 EPILOG = f"""\
 output: --json writes JSON Lines, one object per successfully read image, in input order:
   {{"image": PATH, "height": H, "width": W,
-   "faces": [{{"box": [x1, y1, x2, y2], "score": S, "landmarks": [[x, y] x 5]}}, ...]}}
+   "faces": [{{"box": [x1, y1, x2, y2], "score": S, "landmarks": [[x, y] x K]}}, ...]}}
 faces sorted by descending score; coordinates in input pixels (0.01 px), scores to 5 decimals;
-landmarks: left eye, right eye, nose, left and right mouth corner. '--json -' writes to stdout
+landmarks: RetinaFace and SCRFD (K=5) left eye, right eye, nose, left and right mouth corner
+(image left first); BlazeFace (K=6) the person's right eye, left eye, nose, mouth, right ear,
+left ear. '--json -' writes to stdout
 (the progress lines then go to stderr).
 
 inputs: files of any extension; folders contribute their own images (not sub-folders) with
@@ -158,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="test protocol (default: the family's own; SCRFD: mmdet, or insightface for "
                            "scrfd.py's deployment path, which also sets --conf 0.5 and --nms 0.4 by default)")
   parser.add_argument('--conf', type=_fraction('--conf', low_open=False), default=None,
-                      help='keep faces scoring above this (default: 0.5, or the --protocol\'s when given)')
+                      help="keep faces scoring above this (default: 0.5, or the protocol's where --protocol is given or "
+                           "its threshold is higher: BlazeFace 0.75 front, 0.65 back, 0.5 MediaPipe's)")
   parser.add_argument('--nms', type=_fraction('--nms', low_open=True), default=None,
                       help="NMS IoU threshold (default: the protocol's; 0.4 for RetinaFace, 0.45 for SCRFD's mmdet)")
   parser.add_argument('--max-num', type=int, default=0, metavar='N',
@@ -216,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
       print(f'error: cannot load the weights: {message}', file=sys.stderr)
       return 1
     start = time.perf_counter()
-    conf = args.conf if args.conf is not None or args.protocol is not None else 0.5  # a display threshold
+    conf = args.conf
+    if conf is None and args.protocol is None and detector.family.default_conf(detector.spec) < 0.5:
+      conf = 0.5  # a display threshold over the evaluation protocols' 0.02 (BlazeFace's own are higher)
     done, faces, failed = run(detector, paths, out, conf=conf, nms=args.nms, vis_dir=args.save_vis,
                               log=log, err=sys.stderr, max_num=args.max_num)
   failed += len(errors)

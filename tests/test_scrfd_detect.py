@@ -171,8 +171,10 @@ def test_cli_reads_an_mmcv_checkpoint(tmp_path):
   det, _ = ref.insightface_detect(cv2.imread(str(image)), ref.torch_runner(net), thresh=0.05, max_num=3)
   np.testing.assert_allclose([f['box'] + [f['score']] for f in record['faces']], det, atol=0.01)
   with pytest.raises(SystemExit) as e:
-    detect.main(args[:-6] + ['--protocol', 'mediapipe', str(image)])
+    detect.main(args[:-6] + ['--protocol', 'no-such-protocol', str(image)])
   assert e.value.code == 2
+  # Another family's protocol: refused when the weights load, naming SCRFD's.
+  assert detect.main(args[:-6] + ['--protocol', 'mediapipe', str(image)]) == 1
 
 
 def test_evaluate_py_runs_a_converted_scrfd_directory(tmp_path):
