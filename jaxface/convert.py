@@ -15,7 +15,7 @@ from jaxface import families, saved_models
 from jaxface.state_dicts import CheckpointMismatch
 from jaxface.torch_pickle import load_torch_file
 
-__all__ = ['CheckpointMismatch', 'convert_file', 'convert_state_dict', 'main']
+__all__ = ['CheckpointMismatch', 'convert_file', 'convert_onnx_file', 'convert_state_dict', 'convert_tflite_file', 'main']
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], arch: str, source: str = 'checkpoint') -> dict[str, Any]:
@@ -39,11 +39,28 @@ def convert_onnx_file(path: str, arch: str | None = None) -> tuple[str, dict[str
   raise CheckpointMismatch('\n'.join(errors))
 
 
+def convert_tflite_file(path: str, arch: str | None = None) -> tuple[str, dict[str, Any]]:
+  """Reads a `.tflite` file (no TensorFlow: `jaxface.tflite`) -> `(arch, variables)`; with no `arch`,
+  the families that read TFLite recognise the architecture from the graph."""
+  candidates = [families.family_of(arch)] if arch is not None else [f for f in families.FAMILIES if f.convert_tflite]
+  if arch is not None and candidates[0].convert_tflite is None:
+    raise ValueError(f'{path}: the {candidates[0].name} family does not read TFLite files')
+  errors = []
+  for family in candidates:
+    try:
+      return family.convert_tflite(path, arch)
+    except CheckpointMismatch as e:
+      errors.append(str(e))
+  raise CheckpointMismatch('\n'.join(errors))
+
+
 def convert_file(path: str, arch: str | None) -> dict[str, Any]:
   """Reads a `.pth`/`.tar` (either torch format, no torch needed) or a released `.onnx` file and
   converts it for `arch` (a detector or an ImageNet backbone of `families.WEIGHT_NAMES`)."""
   if str(path).lower().endswith('.onnx'):
     return convert_onnx_file(path, arch)[1]
+  if str(path).lower().endswith('.tflite'):
+    return convert_tflite_file(path, arch)[1]
   families.weights_family(arch)  # an unknown name fails before the file is read
   obj = load_torch_file(path)
   if not isinstance(obj, Mapping):
@@ -55,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m jaxface.convert', description=__doc__.split('\n')[0])
   parser.add_argument('--arch', required=True, help=f'one of: {", ".join(families.WEIGHT_NAMES)}')
   parser.add_argument('--src', required=True,
-                      help='PyTorch checkpoint (.pth / .tar, zip or legacy format), or a released .onnx file')
+                      help='PyTorch checkpoint (.pth / .tar, zip or legacy format), a released .onnx file (SCRFD) '
+                           "or a MediaPipe .tflite file (BlazeFace)")
   parser.add_argument('--out', required=True, help='output checkpoint directory')
   args = parser.parse_args(argv)
   if args.arch not in families.WEIGHT_NAMES:

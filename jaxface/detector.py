@@ -154,12 +154,14 @@ class Detector:
 def load_detector(path: str | None = None, arch: str | None = None, *, step: int | None = None,
                   protocol: str | None = None, **kwargs) -> Detector:
   """A `Detector` from a PyTorch checkpoint (`.pth`/`.tar`, needs `arch`), a released `.onnx` file
-  (the architecture recognised from its graph; SCRFD), a converted directory,
+  (SCRFD) or `.tflite` file (BlazeFace; both with the architecture recognised from the graph), a
+  converted directory,
   or a `train.py` workdir (its latest checkpoint, or `step`'s); with no `path`, the default model
   (`families.DEFAULT_MODEL`, package data: nothing to download).
 
-  `protocol` picks a test protocol other than the family's own (`families.protocols`; SCRFD:
-  'mmdet' by default, 'insightface' for scrfd.py's deployment path). Other keyword arguments go to
+  `protocol` picks a test protocol other than the default (`families.protocols`; SCRFD: 'mmdet' by
+  default, 'insightface' for scrfd.py's deployment path; BlazeFace: 'hollance' for `.pth` files,
+  'mediapipe' for `.tflite` files, `Family.file_protocols`). Other keyword arguments go to
   `Detector` (`bucketed`, `batch_size`, `postprocess`, `cpu_kernels`).
   """
   if path is None:
@@ -177,9 +179,12 @@ def load_detector(path: str | None = None, arch: str | None = None, *, step: int
   if not os.path.exists(path):
     raise FileNotFoundError(f'no such checkpoint file or directory: {path}')
   from jaxface import convert
-  if str(path).lower().endswith('.onnx'):  # the architecture is recognised from the graph
-    arch, variables = convert.convert_onnx_file(path, arch)
-    return Detector(families.family_of(arch, protocol), arch, variables, **kwargs)
+  suffix = os.path.splitext(str(path))[1].lower()
+  if suffix in ('.onnx', '.tflite'):  # the architecture is recognised from the graph
+    read = convert.convert_onnx_file if suffix == '.onnx' else convert.convert_tflite_file
+    arch, variables = read(path, arch)
+    family = families.family_of(arch)
+    return Detector(families.family_of(arch, protocol or family.file_protocols.get(suffix)), arch, variables, **kwargs)
   if arch is None:
     raise ValueError(f'{path} is a PyTorch file: pass arch= (one of {", ".join(families.ARCHS)})')
   return Detector(families.family_of(arch, protocol), arch, convert.convert_file(path, arch), **kwargs)

@@ -89,6 +89,10 @@ class Family:
   conf_threshold: the default score threshold; conf_inclusive: keep scores `>=` it (else `>`).
   conf_threshold_of: `spec -> threshold` where the default differs per model (BlazeFace's front and
     back models), else None (`default_conf`).
+  convert_tflite: `(path, arch or None) -> (arch, variables)` for the family's `.tflite` files (the
+    architecture recognised from the graph when `arch` is None), or None.
+  file_protocols: file suffix -> the protocol a file of that kind loads under by default (BlazeFace:
+    `.tflite` files run MediaPipe's protocol, `.pth` files hollance's, the family's own).
   weighted_nms_score: None (greedy NMS), or weighted NMS (`jaxface.nms.weighted_nms`) with this rule
     for a cluster's score (`nms.mean_score`, `nms.top_score`).
   pre_nms_top_k, max_detections: the reference's caps on NMS's input and output (None: none; the
@@ -128,6 +132,8 @@ class Family:
   letterbox_centred: bool = False
   conf_threshold_of: Callable[[Any], float] | None = None
   weighted_nms_score: Callable[..., jax.Array] | None = None
+  convert_tflite: Callable[[str, str | None], tuple[str, dict[str, Any]]] | None = None
+  file_protocols: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def spec(self, arch: str) -> Any:
     """The spec of a released architecture; an unknown name lists the valid ones."""

@@ -266,3 +266,80 @@ def test_cli_draws_six_keypoints(tmp_path):
   assert len(record['faces']) == 1 and len(record['faces'][0]['landmarks']) == 6
   np.testing.assert_allclose(record['faces'][0]['box'], np.array(FRONT_1FACE)[[1, 0, 3, 2]] * 128, atol=0.05)
   assert list((tmp_path / 'vis').iterdir())
+
+
+# --- MediaPipe's .tflite files -------------------------------------------------------------------
+
+TFLITE = {'face_detection_short_range': 'blazeface_front', 'face_detection_back': 'blazeface_back'}
+
+
+def tflite_path(name):
+  return str(shared_file('data', 'weights', 'mediapipe', f'{name}.tflite'))
+
+
+def litert_outputs(path, rgb_minus1_1: np.ndarray):
+  """ai-edge-litert (test-only) running the file: `(regressors [A,16], classificators [A,1])`."""
+  interpreter_module = pytest.importorskip('ai_edge_litert.interpreter', reason='ai-edge-litert is not installed')
+  it = interpreter_module.Interpreter(model_path=path)
+  it.allocate_tensors()
+  it.set_tensor(it.get_input_details()[0]['index'], rgb_minus1_1[None].astype(np.float32))
+  it.invoke()
+  outs = {o['name']: it.get_tensor(o['index'])[0] for o in it.get_output_details()}
+  return outs['regressors'], outs['classificators']
+
+
+@pytest.mark.parametrize('name', sorted(TFLITE))
+def test_tflite_files_load_without_an_arch_and_match_litert(name):
+  det = load_detector(tflite_path(name))
+  assert det.arch == TFLITE[name] and det.family.protocol == 'mediapipe'
+  size = blazeface.SPECS[det.arch].input_size
+  table = anchors.anchor_table(OPTIONS[det.arch])[0]
+  for img_name in ('1face.png', '3faces.png', '4faces.png'):
+    img = image(img_name, size)
+    regressors, logits = det.raw_outputs(img)
+    r_ref, c_ref = litert_outputs(tflite_path(name), img[..., ::-1] / 127.5 - 1.0)
+    np.testing.assert_allclose(regressors, r_ref, rtol=1e-5, atol=2e-3)
+    np.testing.assert_allclose(logits, c_ref, rtol=1e-5, atol=5e-3)   # background logits reach -1e4
+    # MediaPipe's post-processing (threshold 0.5, top-score clusters) on LiteRT's own outputs.
+    boxes = ref.decode_boxes(torch.from_numpy(r_ref)[None], torch.from_numpy(table).float(), size)[0]
+    scores = torch.sigmoid(torch.from_numpy(c_ref[:, 0]).clamp(-100, 100))
+    keep = scores >= 0.5
+    faces = ref.weighted_nms(torch.cat([boxes[keep], scores[keep, None]], dim=1), 0.3, top_score=True)
+    expected = torch.stack(faces).numpy() if faces else np.zeros((0, 17))
+    got = as_reference_rows(det.detect(img), size)
+    assert got.shape == expected.shape, img_name
+    np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=img_name)
+
+
+def test_the_back_tflite_file_holds_the_pth_weights_bit_for_bit():
+  from_tflite = convert.convert_tflite_file(tflite_path('face_detection_back'))[1]
+  from_pth = convert.convert_file(weights_path('blazeface_back'), 'blazeface_back')
+  a, b = (jax.tree_util.tree_flatten_with_path(v)[0] for v in (from_tflite, from_pth))
+  assert [p for p, _ in a] == [p for p, _ in b]
+  assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
+
+
+def test_tflite_files_fail_clearly(tmp_path):
+  with pytest.raises(CheckpointMismatch, match='holds a blazeface_front model'):
+    load_detector(tflite_path('face_detection_short_range'), 'blazeface_back')
+  with pytest.raises(CheckpointMismatch, match=r'input \(1, 192, 192, 3\) is not a BlazeFace model jaxface reads'):
+    load_detector(tflite_path('face_detection_full_range'))
+  bogus = tmp_path / 'model.tflite'
+  bogus.write_bytes(b'\x00' * 64)
+  with pytest.raises(ValueError, match=r'model.tflite: not a TFLite model'):
+    load_detector(str(bogus))
+  # A graph whose convolutions diverge from the architecture: the short-range file with its first
+  # depthwise conv's stride edited names that node.
+  from jaxface import tflite
+  from jaxface.blazeface import tflite_weights
+  model = tflite.read(tflite_path('face_detection_short_range'))
+  import dataclasses
+  ops = list(model.operators)
+  i = next(k for k, op in enumerate(ops) if op.op == 'DEPTHWISE_CONV_2D')
+  ops[i] = dataclasses.replace(ops[i], stride=(2, 2))
+  edited = dataclasses.replace(model, operators=tuple(ops))
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(tflite, 'read', lambda path: edited)
+    with pytest.raises(CheckpointMismatch, match=rf'node {ops[i].index} \(DEPTHWISE_CONV_2D .*expected DEPTHWISE_CONV_2D '
+                                                 r'at stride 1 for backbone1.2.convs.0'):
+      tflite_weights.convert_tflite('edited.tflite')

@@ -1,7 +1,8 @@
 """BlazeFace (hollance/BlazeFace-PyTorch, a port of MediaPipe's face detector; REFERENCE.md §3) as a
 jaxface family: the front (128 px) and back (256 px) models (`model`), MediaPipe's SSD anchor
 calculator (`anchors`), the box and six-keypoint coding (`box_coding`), the outputs' reading
-(`outputs`) and hollance's `.pth` key map (`weights`).
+(`outputs`), hollance's `.pth` key map (`weights`) and MediaPipe's `.tflite` files mapped by graph
+structure (`tflite_weights`, read without TensorFlow by `jaxface.tflite`).
 
 Detection (`FAMILY`, protocol 'hollance'): every image is letterboxed centred into the model's
 square input as MediaPipe does (black padding), scores `sigmoid(clip(logit, +-100))` >= the model's
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from jaxface import nms
-from jaxface.blazeface import outputs, weights
+from jaxface.blazeface import outputs, tflite_weights, weights
 from jaxface.blazeface.model import SPECS, BlazeFace, BlazeSpec
 from jaxface.family import Family
 from jaxface.keypoints import Keypoints
@@ -71,6 +72,8 @@ FAMILY = Family(
     conf_inclusive=True,      # scores >= min_score_thresh
     weighted_nms_score=nms.mean_score,
     protocol='hollance',
+    convert_tflite=tflite_weights.convert_tflite,
+    file_protocols={'.tflite': 'mediapipe'},   # MediaPipe's files run MediaPipe's post-processing
 )
 
 # MediaPipe's face detection graphs: min score 0.5, the cluster keeps its top score.
