@@ -1,7 +1,7 @@
 """An independent PyTorch re-statement of hollance's BlazeFace (REFERENCE.md §3.1-3.3), written from
 the facts, not from jaxface: NCHW modules with the checkpoint's names, the anchor calculator as a
-plain loop, `_decode_boxes` in its [ymin, xmin, ymax, xmax] layout, and the weighted NMS as a list
-loop. Tests run it against jaxface's family."""
+plain loop, `_decode_boxes` in its [ymin, xmin, ymax, xmax] layout, and the weighted NMS as a numpy
+list loop. Tests run it against jaxface's family."""
 from __future__ import annotations
 
 import math
@@ -134,34 +134,33 @@ def decode_boxes(raw: torch.Tensor, anchors: torch.Tensor, scale: float) -> torc
   return boxes
 
 
-def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   """Plain IoU of one [ymin, xmin, ymax, xmax] box with `[K, 4]`."""
-  lo = torch.max(box[:2], boxes[:, :2])
-  hi = torch.min(box[2:], boxes[:, 2:])
-  inter = torch.clamp(hi - lo, min=0).prod(dim=1)
+  lo = np.maximum(box[:2], boxes[:, :2])
+  hi = np.minimum(box[2:], boxes[:, 2:])
+  inter = np.clip(hi - lo, 0, None).prod(axis=1)
   area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
   return inter / (area(box) + area(boxes) - inter)
 
 
-def weighted_nms(detections: torch.Tensor, threshold: float = 0.3, top_score: bool = False) -> list[torch.Tensor]:
-  """`_weighted_non_max_suppression` on `[K, 17]` (16 coordinates, score); the merged score is the
-  cluster's mean (hollance) or, with `top_score`, its best (MediaPipe)."""
-  if len(detections) == 0:
-    return []
+def weighted_nms(detections: np.ndarray, threshold: float = 0.3, top_score: bool = False) -> list[np.ndarray]:
+  """`_weighted_non_max_suppression` in numpy on `[K, 17]` (16 coordinates, score); equal scores in
+  row order. The merged score is the cluster's mean (hollance) or, with `top_score`, its best
+  (MediaPipe)."""
+  detections = np.asarray(detections, np.float64)
   out = []
-  remaining = torch.argsort(detections[:, 16], descending=True)
+  remaining = np.argsort(-detections[:, 16], kind='stable')
   while len(remaining) > 0:
     det = detections[remaining[0]]
-    ious = _iou(det[:4], detections[remaining, :4])
-    mask = ious > threshold
+    mask = _iou(det[:4], detections[remaining, :4]) > threshold
     mask[0] = True
     overlapping = remaining[mask]
     remaining = remaining[~mask]
-    merged = det.clone()
+    merged = det.copy()
     if len(overlapping) > 1:
       coords = detections[overlapping, :16]
       scores = detections[overlapping, 16:17]
-      merged[:16] = (coords * scores).sum(dim=0) / scores.sum()
+      merged[:16] = (coords * scores).sum(axis=0) / scores.sum()
       merged[16] = det[16] if top_score else scores.mean()
     out.append(merged)
   return out
@@ -178,5 +177,5 @@ def detect(model: BlazeFaceRef, image_rgb: np.ndarray, anchors: np.ndarray, min_
   scores = torch.sigmoid(raw_scores.clamp(-100, 100))[0, :, 0]
   keep = scores >= min_score
   dets = torch.cat([boxes[keep], scores[keep, None]], dim=1)
-  faces = weighted_nms(dets, 0.3, top_score)
-  return torch.stack(faces).numpy() if faces else np.zeros((0, 17), np.float32)
+  faces = weighted_nms(dets.numpy(), 0.3, top_score)
+  return np.stack(faces) if faces else np.zeros((0, 17))

@@ -227,26 +227,52 @@ def test_centred_letterbox_places_the_image_exactly_at_scale_one():
   np.testing.assert_array_equal(offset, [0, 32])
 
 
-def test_weighted_nms_equals_the_restatement():
-  rng = np.random.default_rng(5)
-  k = 60
+def run_weighted_nms(boxes, points, scores, candidate, top):
+  """jaxface's weighted NMS -> `[N, 17]` rows in the re-statement's layout."""
+  k = len(scores)
+  rule = nms.top_score if top else nms.mean_score
+  b, p, s, valid = jax.jit(nms.weighted_nms, static_argnums=(5, 6))(boxes, points, scores, candidate, 0.3, k, rule)
+  n = int(valid.sum())
+  return np.concatenate([np.asarray(b)[:n][:, [1, 0, 3, 2]], np.asarray(p)[:n].reshape(n, 12),
+                         np.asarray(s)[:n, None]], axis=1)
+
+
+def restated_weighted_nms(boxes, points, scores, candidate, top):
+  rows = np.concatenate([boxes[:, [1, 0, 3, 2]], points.reshape(len(scores), 12), scores[:, None]], axis=1)[candidate]
+  faces = ref.weighted_nms(rows, 0.3, top)
+  return np.stack(faces) if faces else np.zeros((0, 17))
+
+
+def nms_case(name, k=60, seed=5):
+  rng = np.random.default_rng(seed)
   centres = rng.uniform(0.2, 0.8, (8, 2))[rng.integers(0, 8, k)] + rng.normal(0, 0.02, (k, 2))
   half = rng.uniform(0.05, 0.12, (k, 2))
   boxes = np.concatenate([centres - half, centres + half], axis=1).astype(np.float32)
-  boxes[5] = boxes[4]                    # an exact duplicate
   points = rng.uniform(0, 1, (k, 6, 2)).astype(np.float32)
   scores = rng.uniform(0.5, 1.0, k).astype(np.float32)
   candidate = rng.uniform(size=k) < 0.8
-  for rule, top in ((nms.mean_score, False), (nms.top_score, True)):
-    b, p, s, valid = jax.jit(nms.weighted_nms, static_argnums=(5, 6))(
-        boxes, points, scores, candidate, 0.3, k, rule)
-    rows = np.concatenate([boxes[:, [1, 0, 3, 2]], points.reshape(k, 12), scores[:, None]], axis=1)[candidate]
-    expected = np.stack(ref.weighted_nms(torch.from_numpy(rows), 0.3, top)).astype(np.float32)
-    n = int(valid.sum())
-    assert n == len(expected) and n < candidate.sum()  # clusters merged
-    got = np.concatenate([np.asarray(b)[:n][:, [1, 0, 3, 2]], np.asarray(p)[:n].reshape(n, 12),
-                          np.asarray(s)[:n, None]], axis=1)
-    np.testing.assert_allclose(got, expected, atol=1e-6)
+  if name == 'ties':          # equal scores everywhere, and exact duplicate boxes
+    scores = np.round(scores * 4) / 4
+    boxes[5], boxes[9] = boxes[4], boxes[4]
+  elif name == 'none':        # no candidate at all
+    candidate[:] = False
+  elif name == 'one cluster':  # every box overlaps every other
+    boxes = np.tile(np.array([[0.3, 0.3, 0.6, 0.6]], np.float32), (k, 1)) + rng.normal(0, 0.005, (k, 4)).astype(np.float32)
+  return boxes, points, scores, candidate
+
+
+@pytest.mark.parametrize('case', ['random', 'ties', 'none', 'one cluster'])
+@pytest.mark.parametrize('top', [False, True])
+def test_weighted_nms_equals_the_restatement(case, top):
+  boxes, points, scores, candidate = nms_case(case)
+  got = run_weighted_nms(boxes, points, scores, candidate, top)
+  expected = restated_weighted_nms(boxes, points, scores, candidate, top)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  if case == 'random':
+    assert 1 < len(got) < candidate.sum()  # clusters merged
+  if case == 'one cluster':
+    assert len(got) == 1 and got[0, 16] == pytest.approx(scores[candidate].max() if top else scores[candidate].mean())
 
 
 def test_one_program_per_batch_shape(real):
@@ -280,7 +306,8 @@ def tflite_path(name):
 def litert_outputs(path, rgb_minus1_1: np.ndarray):
   """ai-edge-litert (test-only) running the file: `(regressors [A,16], classificators [A,1])`."""
   interpreter_module = pytest.importorskip('ai_edge_litert.interpreter', reason='ai-edge-litert is not installed')
-  it = interpreter_module.Interpreter(model_path=path)
+  it = interpreter_module.Interpreter(model_path=path,  # its reference kernels, not XNNPACK's
+                                     experimental_op_resolver_type=interpreter_module.OpResolverType.BUILTIN_REF)
   it.allocate_tensors()
   it.set_tensor(it.get_input_details()[0]['index'], rgb_minus1_1[None].astype(np.float32))
   it.invoke()
@@ -298,14 +325,14 @@ def test_tflite_files_load_without_an_arch_and_match_litert(name):
     img = image(img_name, size)
     regressors, logits = det.raw_outputs(img)
     r_ref, c_ref = litert_outputs(tflite_path(name), img[..., ::-1] / 127.5 - 1.0)
-    np.testing.assert_allclose(regressors, r_ref, rtol=1e-5, atol=2e-3)
-    np.testing.assert_allclose(logits, c_ref, rtol=1e-5, atol=5e-3)   # background logits reach -1e4
+    np.testing.assert_allclose(regressors, r_ref, rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(logits, c_ref, rtol=1e-6, atol=1e-3)   # background logits reach -1e4
     # MediaPipe's post-processing (threshold 0.5, top-score clusters) on LiteRT's own outputs.
     boxes = ref.decode_boxes(torch.from_numpy(r_ref)[None], torch.from_numpy(table).float(), size)[0]
     scores = torch.sigmoid(torch.from_numpy(c_ref[:, 0]).clamp(-100, 100))
     keep = scores >= 0.5
-    faces = ref.weighted_nms(torch.cat([boxes[keep], scores[keep, None]], dim=1), 0.3, top_score=True)
-    expected = torch.stack(faces).numpy() if faces else np.zeros((0, 17))
+    faces = ref.weighted_nms(torch.cat([boxes[keep], scores[keep, None]], dim=1).numpy(), 0.3, top_score=True)
+    expected = np.stack(faces) if faces else np.zeros((0, 17))
     got = as_reference_rows(det.detect(img), size)
     assert got.shape == expected.shape, img_name
     np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=img_name)
