@@ -103,6 +103,8 @@ class Operator:
   padding: str              # 'SAME' / 'VALID', convs and pools
   activation: str | None    # the fused activation of convs and pools
   filter: tuple[int, int]   # (h, w), pools
+  half_pixel_centers: bool = False   # RESIZE_BILINEAR
+  align_corners: bool = False        # RESIZE_BILINEAR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +197,10 @@ def _parse(buf: bytes, path: str) -> Model:
       activation = ACTIVATION.get(options.scalar(act_field, 'b', 0), '?')
       if name == 'MAX_POOL_2D':
         filt = (options.scalar(4, 'i', 0), options.scalar(3, 'i', 0))
+    resize = (False, False)
+    if options is not None and name == 'RESIZE_BILINEAR':
+      resize = (bool(options.scalar(3, 'b', 0)), bool(options.scalar(2, 'b', 0)))
     operators.append(Operator(i, name, tuple(int(v) for v in op.vector(1, '<i4')),
-                              tuple(int(v) for v in op.vector(2, '<i4')), stride, padding, activation, filt))
+                              tuple(int(v) for v in op.vector(2, '<i4')), stride, padding, activation, filt, *resize))
   return Model(path, tuple(tensors), tuple(operators), tuple(int(v) for v in graph.vector(1, '<i4')),
                tuple(int(v) for v in graph.vector(2, '<i4')))

@@ -1,5 +1,5 @@
 """BlazeFace (hollance/BlazeFace-PyTorch, a port of MediaPipe's face detector; REFERENCE.md §3) as a
-jaxface family: the front (128 px) and back (256 px) models (`model`), MediaPipe's SSD anchor
+jaxface family: the front (128 px), back (256 px) and MediaPipe's full-range (192 px) models (`model`), MediaPipe's SSD anchor
 calculator (`anchors`), the box and six-keypoint coding (`box_coding`), the outputs' reading
 (`outputs`), hollance's `.pth` key map (`weights`) and MediaPipe's `.tflite` files mapped by graph
 structure (`tflite_weights`, read without TensorFlow by `jaxface.tflite`).
@@ -29,8 +29,9 @@ __all__ = ['FAMILY', 'MEDIAPIPE', 'SPECS', 'BlazeFace', 'BlazeSpec', 'SIX_POINTS
 # eye is on the image's left. A mirror swaps the eyes and the ears.
 SIX_POINTS = Keypoints(('right_eye', 'left_eye', 'nose', 'mouth', 'right_ear', 'left_ear'), (1, 0, 2, 3, 5, 4))
 
-# hollance's `min_score_thresh` per model.
-HOLLANCE_CONF = {128: 0.75, 256: 0.65}
+# hollance's `min_score_thresh` per model (by input side); the full-range model, which hollance never
+# ported, keeps MediaPipe's 0.5.
+HOLLANCE_CONF = {128: 0.75, 256: 0.65, 192: 0.5}
 
 
 def _build(spec: BlazeSpec, *, dtype=jnp.float32, bn_axis_name: str | None = None,

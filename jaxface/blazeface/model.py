@@ -28,17 +28,30 @@ BACK_BACKBONE = (((24, 24, 1),) * 7 + ((24, 24, 2),) + ((24, 24, 1),) * 7 + ((24
 REGRESSORS = 16   # box (x, y, w, h) and six keypoints (x, y)
 
 
+# MediaPipe's full-range model (face_detection_full_range.tflite): (in, mid, out, stride) of each
+# bottleneck block after the 3x3 stem (3 -> 32), then a top-down path from the stride-32 map to the
+# stride-4 one, each stage (channels) = two blocks (in, mid, out) after the merge.
+FULL_RANGE_BACKBONE = ((32, 8, 32, 1), (32, 8, 32, 1), (32, 12, 48, 2), (48, 12, 48, 1), (48, 16, 64, 1),
+                       (64, 24, 96, 2), (96, 32, 128, 1), (128, 32, 128, 1), (128, 36, 144, 2), (144, 48, 192, 1),
+                       (192, 64, 256, 1), (256, 96, 384, 2), (384, 96, 384, 1), (384, 96, 384, 1),
+                       (384, 96, 384, 1))
+FULL_RANGE_SKIPS = (10, 7, 4)            # the backbone blocks (0-based) whose outputs the stages merge
+FULL_RANGE_TOP_DOWN = ((96, 48, 2), (64, 32, 2), (48, 24, 1))   # (channels, mid, blocks), stride 16, 8, 4
+
+
 @dataclasses.dataclass(frozen=True)
 class BlazeSpec:
-  """A released BlazeFace model: its input side and which backbone it has."""
+  """A released BlazeFace model: its input side and which network it has."""
   input_size: int
-  back: bool             # the 256 px back-camera model (`backbone` + `final`), else the front model
-  anchors_per_cell: tuple[int, int] = (2, 6)   # on the 16 x 16 and the 8 x 8 grid
+  back: bool = False     # the 256 px back-camera model (`backbone` + `final`)
+  full_range: bool = False  # MediaPipe's 192 px full-range model (`FullRange`); neither: the front model
+  anchors_per_cell: tuple[int, ...] = (2, 6)   # per output grid (16 x 16 and 8 x 8; full range: 48 x 48)
 
 
 SPECS: dict[str, BlazeSpec] = {
-    'blazeface_front': BlazeSpec(128, back=False),
+    'blazeface_front': BlazeSpec(128),
     'blazeface_back': BlazeSpec(256, back=True),
+    'blazeface_full_range': BlazeSpec(192, full_range=True, anchors_per_cell=(1,)),
 }
 
 
@@ -111,6 +124,110 @@ class Backbone(nn.Module):
     return x
 
 
+def upsample_bilinear_2x(x: jax.Array) -> jax.Array:
+  """TFLite's RESIZE_BILINEAR to twice the size with `half_pixel_centers` (edges clamped):
+  `[N, H, W, C] -> [N, 2H, 2W, C]`. Output 2i samples input i - 1/4, output 2i + 1 input i + 1/4."""
+  def along(x, axis):
+    n = x.shape[axis]
+    prev = jnp.take(x, jnp.maximum(jnp.arange(n) - 1, 0), axis=axis)
+    nxt = jnp.take(x, jnp.minimum(jnp.arange(n) + 1, n - 1), axis=axis)
+    even, odd = 0.25 * prev + 0.75 * x, 0.75 * x + 0.25 * nxt
+    return jnp.stack([even, odd], axis=axis + 1).reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
+  return along(along(x, 1), 2)
+
+
+class BottleneckConvs(nn.Module):
+  """`convs = Sequential(dw3x3, 1x1 down, ReLU, dw3x3, 1x1 up)` named `0, 1, 3, 4` (2 is the ReLU)."""
+  mid: int
+  features: int
+  stride: int
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    conv = lambda features, kernel, stride, padding, groups, name: Conv(
+        features, kernel, stride, padding, groups=groups, use_bias=True, cpu_kernels=self.cpu_kernels, name=name)
+    h = conv(c, 3, self.stride, 1 if self.stride == 1 else ((0, 1), (0, 1)), c, '0')(x)
+    h = jax.nn.relu(conv(self.mid, 1, 1, 0, 1, '1')(h))
+    h = conv(self.mid, 3, 1, 1, self.mid, '3')(h)
+    return conv(self.features, 1, 1, 0, 1, '4')(h)
+
+
+class Bottleneck(nn.Module):
+  """The full-range model's block, `ReLU(convs(x) + shortcut(x))`; a stride-2 depthwise conv pads
+  right and bottom by 1 (TF 'SAME'), the shortcut is BlazeBlock's."""
+  mid: int
+  features: int
+  stride: int
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = BottleneckConvs(self.mid, self.features, self.stride, self.cpu_kernels, name='convs')(x)
+    shortcut = max_pool_2x2(x) if self.stride == 2 else x
+    return jax.nn.relu(h + channel_pad(shortcut, self.features))
+
+
+class FullRangeBackbone(nn.Module):
+  """`Sequential(stem 3x3 s2, ReLU, Bottleneck x 15)` named `0`, -, `2..16`; returns every block's output."""
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> list[jax.Array]:
+    x = jax.nn.relu(Conv(32, 3, 2, ((0, 1), (0, 1)), use_bias=True, cpu_kernels=self.cpu_kernels, name='0')(x))
+    outs = []
+    for i, (_, mid, features, stride) in enumerate(FULL_RANGE_BACKBONE):
+      x = Bottleneck(mid, features, stride, self.cpu_kernels, name=str(i + 2))(x)
+      outs.append(x)
+    return outs
+
+
+class TopDown(nn.Module):
+  """One top-down stage: `up2x(ReLU(top(coarse))) + ReLU(lateral(skip))`, then bottleneck blocks `0, 1, ...`."""
+  features: int
+  mid: int
+  blocks: int
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, coarse: jax.Array, skip: jax.Array) -> jax.Array:
+    conv = lambda name: Conv(self.features, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels, name=name)
+    x = upsample_bilinear_2x(jax.nn.relu(conv('top')(coarse))) + jax.nn.relu(conv('lateral')(skip))
+    for j in range(self.blocks):
+      x = Bottleneck(self.mid, self.features, 1, self.cpu_kernels, name=str(j))(x)
+    return x
+
+
+class TopDownPath(nn.Module):
+  """The stages `0, 1, 2` (stride 16, 8, 4), each merging one backbone output."""
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, feats: list[jax.Array]) -> jax.Array:
+    x = feats[-1]
+    for k, ((features, mid, blocks), skip) in enumerate(zip(FULL_RANGE_TOP_DOWN, FULL_RANGE_SKIPS)):
+      x = TopDown(features, mid, blocks, self.cpu_kernels, name=str(k))(x, feats[skip])
+    return x
+
+
+class FullRange(nn.Module):
+  """MediaPipe's full-range network (read off `face_detection_full_range.tflite`; REFERENCE.md §3.6):
+  `[N, 192, 192, 3] -> (regressors [N, 2304, 16], logits [N, 2304, 1])` on a 48 x 48 grid.
+
+  A 3x3 stride-2 stem and fifteen bottleneck blocks down to stride 32 (`backbone`), three top-down
+  stages back to stride 4 (`top_down.0..2`), 1x1 heads (`classifier`, `regressor`). The graph has
+  no names of its own beyond TFLite's `conv2d_N`; these follow the front model's conventions."""
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x = TopDownPath(self.cpu_kernels, name='top_down')(FullRangeBackbone(self.cpu_kernels, name='backbone')(x))
+    n = x.shape[0]
+    head = lambda features, name: Conv(features, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels, name=name)(x)
+    return head(REGRESSORS, 'regressor').reshape(n, -1, REGRESSORS), head(1, 'classifier').reshape(n, -1, 1)
+
+
 class BlazeFace(nn.Module):
   """`[N, S, S, 3]` RGB in [-1, 1] -> `(regressors [N, A, 16], logits [N, A, 1])` (module docstring)."""
   spec: BlazeSpec
@@ -120,6 +237,9 @@ class BlazeFace(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
     x = x.astype(self.dtype)
+    if self.spec.full_range:
+      regressors, logits = FullRange(self.cpu_kernels, name='full_range')(x)
+      return regressors.astype(jnp.float32), logits.astype(jnp.float32)
     if self.spec.back:
       x = Backbone(BACK_BACKBONE, True, self.cpu_kernels, name='backbone')(x)            # [N, S/16, S/16, 96]
       h = FinalBlazeBlock(96, self.cpu_kernels, name='final')(x)                          # [N, S/32, S/32, 96]
