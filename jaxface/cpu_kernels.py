@@ -86,15 +86,17 @@ def compiler_options() -> dict[str, str]:
 
 
 def lowers(kernel_shape: Sequence[int], padding, groups: int) -> bool:
-  """Whether `conv2d` restates this conv: PyTorch's `k//2` padding, dense or a 3x3 depthwise one."""
+  """Whether `conv2d` restates this conv: a dense one with PyTorch's `k//2` padding, or a 3x3
+  depthwise one with any padding (BlazeFace's stride-2 blocks pad right and bottom only)."""
   k, _, in_per_group, out = kernel_shape
-  if padding != ((k // 2, k // 2), (k // 2, k // 2)):
-    return False
-  return groups == 1 or (k == 3 and in_per_group == 1 and out == groups)
+  if groups > 1:
+    return k == 3 and in_per_group == 1 and out == groups
+  return padding == ((k // 2, k // 2), (k // 2, k // 2))
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1) -> jax.Array:
-  """`layers.conv2d(x, kernel, stride, k//2, groups)` for the shapes `lowers` accepts, per shape:
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, padding=None) -> jax.Array:
+  """`layers.conv2d(x, kernel, stride, padding, groups)` for the shapes `lowers` accepts (`padding`
+  None: `k//2`), per shape:
 
   * few taps (k*k*I <= 27 and I <= 8: the 3x3 stem over 3 channels, 1x1s over <= 8 channels): a sum
     of broadcast multiply-adds that XLA fuses with the BN and activation after it into one loop,
@@ -103,12 +105,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1) ->
     exact), gradients as 2-D products (`_pointwise_cpu`);
   * other 3x3s: the library conv, its kernel gradient as matrix products per tap or per kernel row
     (`_library_conv_tap_grad`); larger kernels (ResNet's 7x7 stem): the library conv;
-  * a 3x3 depthwise conv (`groups` = channels): nine shifted multiply-adds (`_depthwise_cpu`).
+  * a 3x3 depthwise conv (`groups` = channels): nine shifted multiply-adds (`_depthwise_cpu`); with
+    padding other than 1 all round, the same sum over an explicitly padded copy, differentiated by
+    autodiff (`padded_depthwise`).
 
   Measured per shape in bench/bench_layers.py, bench/bench_depthwise.py and bench/bench_train_step.py.
   """
   k, _, cin, _ = kernel.shape
   if groups > 1:
+    if padding is not None and tuple(map(tuple, padding)) != ((1, 1), (1, 1)):
+      return padded_depthwise(x, kernel, stride, padding)
     return _depthwise_cpu(x, kernel, stride)
   if cin <= MAX_FMA_CHANNELS and k * k * cin <= MAX_FMA_TAPS:
     return _fma_conv_library_grad(x, kernel, stride)
@@ -117,6 +123,17 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1) ->
   if k == 3:
     return _library_conv_tap_grad(x, kernel, stride)
   return _library_conv(x, kernel, stride)
+
+
+def padded_depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+  """A 3x3 depthwise conv with explicit `((top, bottom), (left, right))` padding as nine
+  multiply-adds of strided views of one padded copy (XLA:CPU's grouped conv is several times
+  slower; bench/bench_blazeface.py). Gradients by autodiff: inference is what uses it."""
+  (top, bottom), (left, right) = padding
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  ho, wo = (xp.shape[1] - 3) // stride + 1, (xp.shape[2] - 3) // stride + 1
+  return sum(xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
+             * kernel[dy, dx, 0][None, None, None, :] for dy in range(3) for dx in range(3))
 
 
 def _library_conv(x: jax.Array, kernel: jax.Array, stride: int, groups: int = 1) -> jax.Array:

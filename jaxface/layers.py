@@ -100,7 +100,7 @@ class Conv(nn.Module):
     x = x.astype(self.dtype)
     padding = explicit_padding(self.padding, self.kernel_size)
     if kernels.enabled(self.cpu_kernels) and kernels.lowers(kernel.shape, padding, self.groups):
-      y = kernels.conv2d(x, kernel, self.stride, self.groups)
+      y = kernels.conv2d(x, kernel, self.stride, self.groups, padding)
     else:
       y = conv2d(x, kernel, self.stride, padding, self.groups)
     return y if bias is None else y + _per_channel(bias, y.ndim)

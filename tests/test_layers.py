@@ -200,6 +200,24 @@ def test_conv_kernels_match_plain_conv(k, cin, cout, groups, custom, stride):
     _assert_close_scaled(g, g_ref, 2e-6, f'{name} gradient')
 
 
+@pytest.mark.parametrize('padding', [((0, 2), (0, 2)), ((0, 1), (0, 1)), ((1, 2), (0, 1))])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_padded_depthwise_matches_plain_conv(padding, stride):
+  """BlazeFace's right/bottom-padded depthwise convs: values and gradients of the plain layer."""
+  x, kernel = _normal((2, 12, 10, 6)), _normal((3, 3, 1, 6), 1)
+  assert kernels.lowers(kernel.shape, padding, 6)
+  fast = lambda x, w: kernels.conv2d(x, w, stride, 6, padding)
+  plain = lambda x, w: layers.conv2d(x, w, stride, padding, 6)
+  y, y_ref = jax.jit(fast)(x, kernel), jax.jit(plain)(x, kernel)
+  assert 'conv_general_dilated' not in str(jax.make_jaxpr(fast)(x, kernel))
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  probe = _normal(y_ref.shape, 2)
+  grads = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(fast, x, kernel, probe)
+  grads_ref = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(plain, x, kernel, probe)
+  for g, g_ref, name in zip(grads, grads_ref, ('input', 'kernel')):
+    _assert_close_scaled(g, g_ref, 2e-6, f'{name} gradient')
+
+
 @pytest.mark.parametrize('shape', [(2, 3, 5, 4), (4, 17, 9, 6), (64, 7)])
 def test_channel_sums_match_sums(shape):
   """One block of rows, several blocks (68 rows: 4 of 17), and a non-image shape (plain sums)."""
