@@ -91,12 +91,13 @@ def lowers(kernel_shape: Sequence[int], padding, groups: int) -> bool:
   k, _, in_per_group, out = kernel_shape
   if groups > 1:
     return k == 3 and in_per_group == 1 and out == groups
-  return padding == ((k // 2, k // 2), (k // 2, k // 2))
+  return (padding == ((k // 2, k // 2), (k // 2, k // 2))
+          or (in_per_group <= MAX_FMA_CHANNELS and k * k * in_per_group <= MAX_FMA_TAPS))
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, padding=None) -> jax.Array:
   """`layers.conv2d(x, kernel, stride, padding, groups)` for the shapes `lowers` accepts (`padding`
-  None: `k//2`), per shape:
+  None: `k//2`; other paddings take the `padded_*` forms, differentiated by autodiff), per shape:
 
   * few taps (k*k*I <= 27 and I <= 8: the 3x3 stem over 3 channels, 1x1s over <= 8 channels): a sum
     of broadcast multiply-adds that XLA fuses with the BN and activation after it into one loop,
@@ -112,12 +113,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, pa
   Measured per shape in bench/bench_layers.py, bench/bench_depthwise.py and bench/bench_train_step.py.
   """
   k, _, cin, _ = kernel.shape
+  padded = padding is not None and tuple(map(tuple, padding)) != ((k // 2, k // 2), (k // 2, k // 2))
   if groups > 1:
-    if padding is not None and tuple(map(tuple, padding)) != ((1, 1), (1, 1)):
-      return padded_depthwise(x, kernel, stride, padding)
-    return _depthwise_cpu(x, kernel, stride)
+    return padded_depthwise(x, kernel, stride, padding) if padded else _depthwise_cpu(x, kernel, stride)
   if cin <= MAX_FMA_CHANNELS and k * k * cin <= MAX_FMA_TAPS:
-    return _fma_conv_library_grad(x, kernel, stride)
+    return padded_fma_conv(x, kernel, stride, padding) if padded else _fma_conv_library_grad(x, kernel, stride)
   if k == 1:
     return _pointwise_cpu(x, kernel, stride)
   if k == 3:
@@ -125,15 +125,28 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, pa
   return _library_conv(x, kernel, stride)
 
 
-def padded_depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
-  """A 3x3 depthwise conv with explicit `((top, bottom), (left, right))` padding as nine
-  multiply-adds of strided views of one padded copy (XLA:CPU's grouped conv is several times
-  slower; bench/bench_blazeface.py). Gradients by autodiff: inference is what uses it."""
+def padded_taps(x: jax.Array, k: int, stride: int, padding):
+  """`taps` with explicit `((top, bottom), (left, right))` padding."""
   (top, bottom), (left, right) = padding
   xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  ho, wo = (xp.shape[1] - 3) // stride + 1, (xp.shape[2] - 3) // stride + 1
-  return sum(xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
-             * kernel[dy, dx, 0][None, None, None, :] for dy in range(3) for dx in range(3))
+  ho, wo = (xp.shape[1] - k) // stride + 1, (xp.shape[2] - k) // stride + 1
+  for dy in range(k):
+    for dx in range(k):
+      yield dy, dx, xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
+
+
+def padded_depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+  """A 3x3 depthwise conv with explicit padding as nine multiply-adds of strided views of one padded
+  copy (BlazeFace's stride-2 blocks pad right and bottom only; XLA:CPU's grouped conv is several
+  times slower, bench/bench_blazeface.py). Gradients by autodiff: inference is what uses it."""
+  return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in padded_taps(x, 3, stride, padding))
+
+
+def padded_fma_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+  """`_fma_conv` with explicit padding (the full-range model's 3x3 stem pads right and bottom only)."""
+  k, _, cin, _ = kernel.shape
+  return sum(t[..., c:c + 1] * kernel[dy, dx, c][None, None, None, :]
+             for dy, dx, t in padded_taps(x, k, stride, padding) for c in range(cin))
 
 
 def _library_conv(x: jax.Array, kernel: jax.Array, stride: int, groups: int = 1) -> jax.Array:

@@ -202,12 +202,14 @@ def test_conv_kernels_match_plain_conv(k, cin, cout, groups, custom, stride):
 
 @pytest.mark.parametrize('padding', [((0, 2), (0, 2)), ((0, 1), (0, 1)), ((1, 2), (0, 1))])
 @pytest.mark.parametrize('stride', [1, 2])
-def test_padded_depthwise_matches_plain_conv(padding, stride):
-  """BlazeFace's right/bottom-padded depthwise convs: values and gradients of the plain layer."""
-  x, kernel = _normal((2, 12, 10, 6)), _normal((3, 3, 1, 6), 1)
-  assert kernels.lowers(kernel.shape, padding, 6)
-  fast = lambda x, w: kernels.conv2d(x, w, stride, 6, padding)
-  plain = lambda x, w: layers.conv2d(x, w, stride, padding, 6)
+@pytest.mark.parametrize('cin,cout,groups', [(6, 6, 6), (3, 8, 1)])
+def test_padded_kernels_match_plain_conv(padding, stride, cin, cout, groups):
+  """BlazeFace's right/bottom-padded depthwise convs and the full-range model's 3x3 stem over 3
+  channels: values and gradients of the plain layer."""
+  x, kernel = _normal((2, 12, 10, cin)), _normal((3, 3, cin // groups, cout), 1)
+  assert kernels.lowers(kernel.shape, padding, groups)
+  fast = lambda x, w: kernels.conv2d(x, w, stride, groups, padding)
+  plain = lambda x, w: layers.conv2d(x, w, stride, padding, groups)
   y, y_ref = jax.jit(fast)(x, kernel), jax.jit(plain)(x, kernel)
   assert 'conv_general_dilated' not in str(jax.make_jaxpr(fast)(x, kernel))
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
