@@ -83,13 +83,14 @@ def _level_candidates(anchor_c: jax.Array, gt_c: jax.Array, fh: int, fw: int, or
   loc = loc.reshape(gt_c.shape[0], -1)                                              # [G, L], row-major
   d = jnp.sqrt(jnp.sum((anchor_c[start + loc * ANCHORS_PER_CELL] - gt_c[:, None, :]) ** 2, axis=-1))
   k = min(topk, fh * fw * ANCHORS_PER_CELL)
-  iota = jnp.arange(loc.shape[1])[None, :]
-  nearest = []
-  for _ in range(-(-k // ANCHORS_PER_CELL)):
-    j = jnp.argmin(d, axis=1)
-    nearest.append(jnp.take_along_axis(loc, j[:, None], axis=1))
-    d = jnp.where(iota == j[:, None], jnp.inf, d)
-  picked = jnp.concatenate(nearest, axis=1)                                         # [G, ceil(k/2)]
+  # Each location's rank among the block's: how many are nearer, or as near with a lower index (the
+  # lower location, so the lower anchor index, wins a tie). Comparisons and sums only: XLA:CPU runs
+  # them as one fused loop, where an argmin is a slow variadic reduction.
+  iota = jnp.arange(loc.shape[1])
+  before = (d[:, None, :] < d[:, :, None]) | ((d[:, None, :] == d[:, :, None]) & (iota[None, None, :] < iota[None, :, None]))
+  rank = jnp.sum(before, axis=2, dtype=jnp.int32)                                  # [G, L]
+  order = jnp.arange(-(-k // ANCHORS_PER_CELL))
+  picked = jnp.sum(jnp.where(rank[:, None, :] == order[None, :, None], loc[:, None, :], 0), axis=2)  # [G, ceil(k/2)]
   anchors = picked[..., None] * ANCHORS_PER_CELL + jnp.arange(ANCHORS_PER_CELL)[None, None, :]
   return anchors.reshape(gt_c.shape[0], -1)[:, :k] + start
 
