@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 
 from jaxface import families, saved_models
+from jaxface.family import Family
 from jaxface.state_dicts import CheckpointMismatch
 from jaxface.torch_pickle import load_torch_file
 
@@ -24,34 +25,32 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, source: str = '
   return families.weights_family(arch).convert_torch(state_dict, arch, source)
 
 
-def convert_onnx_file(path: str, arch: str | None = None) -> tuple[str, dict[str, Any]]:
-  """Reads a released ONNX file (the optional `onnx` package) -> `(arch, variables)`; with no `arch`,
-  the families that read ONNX recognise the architecture from the graph."""
-  candidates = [families.family_of(arch)] if arch is not None else [f for f in families.FAMILIES if f.convert_onnx]
-  if arch is not None and candidates[0].convert_onnx is None:
-    raise ValueError(f'{path}: the {candidates[0].name} family does not read ONNX files')
+def _convert_graph_file(path: str, arch: str | None, kind: str,
+                        reader: Callable[[Family], Callable[[str, str | None], Any] | None]) -> tuple[str, dict[str, Any]]:
+  """A graph file (ONNX, TFLite) -> `(arch, variables)` through `reader(family)`; with no `arch`, each
+  family that reads the kind tries to recognise the architecture, and all their reasons are reported."""
+  candidates = [families.family_of(arch)] if arch is not None else [f for f in families.FAMILIES if reader(f)]
+  if arch is not None and reader(candidates[0]) is None:
+    raise ValueError(f'{path}: the {candidates[0].name} family does not read {kind} files')
   errors = []
   for family in candidates:
     try:
-      return family.convert_onnx(path, arch)
+      return reader(family)(path, arch)
     except CheckpointMismatch as e:
       errors.append(str(e))
   raise CheckpointMismatch('\n'.join(errors))
+
+
+def convert_onnx_file(path: str, arch: str | None = None) -> tuple[str, dict[str, Any]]:
+  """Reads a released ONNX file (the optional `onnx` package) -> `(arch, variables)`; with no `arch`,
+  the families that read ONNX recognise the architecture from the graph."""
+  return _convert_graph_file(path, arch, 'ONNX', lambda family: family.convert_onnx)
 
 
 def convert_tflite_file(path: str, arch: str | None = None) -> tuple[str, dict[str, Any]]:
   """Reads a `.tflite` file (no TensorFlow: `jaxface.tflite`) -> `(arch, variables)`; with no `arch`,
   the families that read TFLite recognise the architecture from the graph."""
-  candidates = [families.family_of(arch)] if arch is not None else [f for f in families.FAMILIES if f.convert_tflite]
-  if arch is not None and candidates[0].convert_tflite is None:
-    raise ValueError(f'{path}: the {candidates[0].name} family does not read TFLite files')
-  errors = []
-  for family in candidates:
-    try:
-      return family.convert_tflite(path, arch)
-    except CheckpointMismatch as e:
-      errors.append(str(e))
-  raise CheckpointMismatch('\n'.join(errors))
+  return _convert_graph_file(path, arch, 'TFLite', lambda family: family.convert_tflite)
 
 
 def convert_file(path: str, arch: str | None) -> dict[str, Any]:

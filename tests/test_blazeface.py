@@ -374,3 +374,18 @@ def test_tflite_files_fail_clearly(tmp_path):
     with pytest.raises(CheckpointMismatch, match=rf'node {ops[i].index} \(DEPTHWISE_CONV_2D .*expected DEPTHWISE_CONV_2D '
                                                  r'at stride 1 for backbone1.2.convs.0'):
       tflite_weights.convert_tflite('edited.tflite')
+
+
+def test_convert_cli_writes_a_directory_that_loads_without_an_arch(tmp_path, real):
+  """`python -m jaxface.convert` from a .pth and from a .tflite; the directories detect as the files do."""
+  from jaxface.convert import main as convert_main
+  assert convert_main(['--arch', 'blazeface_front', '--src', weights_path('blazeface_front'),
+                       '--out', str(tmp_path / 'pth')]) == 0
+  assert convert_main(['--arch', 'blazeface_front', '--src', tflite_path('face_detection_short_range'),
+                       '--out', str(tmp_path / 'tflite')]) == 0
+  img = image('3faces.png')
+  from_dir = load_detector(str(tmp_path / 'pth')).detect(img)
+  np.testing.assert_allclose(from_dir.boxes, real['blazeface_front'][1].detect(img).boxes, atol=1e-4)
+  mediapipe = load_detector(str(tmp_path / 'tflite'), protocol='mediapipe').detect(img)
+  np.testing.assert_allclose(mediapipe.scores, load_detector(tflite_path('face_detection_short_range')).detect(img).scores,
+                             atol=1e-6)
