@@ -354,3 +354,16 @@ def test_loader_workers_leave_no_shared_memory(tmp_path):
     gc.enable()
   assert int(state.step) == STEPS
   assert _shared_memory_segments() - before == set()
+
+
+def test_blazeface_demo_config_trains_with_one_compile(tmp_path, monkeypatch):
+  """The BlazeFace front demo config, tiny: one compiled step (matching and losses inside), finite
+  losses with positives, a falling loss, and a checkpoint (no batch statistics) that loads."""
+  watch = _watch_steps(monkeypatch)
+  c = tiny_config('blazeface_front.py', num_steps=8, warmup_steps=1, learning_rate=0.01,
+                  **{'data.synthetic_train_images': 8, 'data.image_size': 128})
+  loop.train(c, str(tmp_path))
+  assert len(watch.traces) == 1 and len(watch.steps) == 8
+  assert all(np.isfinite(m['loss']) and m['num_pos'] > 0 for m in watch.steps)
+  assert watch.steps[-1]['loss'] < watch.steps[0]['loss']
+  assert load_detector(str(tmp_path)).arch == 'blazeface_front'

@@ -9,6 +9,10 @@ square input as MediaPipe does (black padding), scores `sigmoid(clip(logit, +-10
 threshold (0.75 front, 0.65 back), weighted NMS at IoU 0.3 whose merged score is the cluster's mean.
 `MEDIAPIPE` is MediaPipe's own protocol (protocol 'mediapipe'): threshold 0.5, the merged score is
 the cluster's top score.
+
+Training (`FAMILY.training`, the first open recipe; docs/training.md): SSD-style matching against the
+anchor calculator's sizes (`matching`), focal loss and size-normalised smooth-L1 (`loss`), face-size
+driven square crops (`augment`); from scratch.
 """
 from __future__ import annotations
 
@@ -18,9 +22,9 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from jaxface import nms
-from jaxface.blazeface import outputs, tflite_weights, weights
+from jaxface.blazeface import augment, loss, outputs, tflite_weights, weights
 from jaxface.blazeface.model import SPECS, BlazeFace, BlazeSpec
-from jaxface.family import Family
+from jaxface.family import Family, Training
 from jaxface.keypoints import Keypoints
 
 __all__ = ['FAMILY', 'MEDIAPIPE', 'SPECS', 'BlazeFace', 'BlazeSpec', 'SIX_POINTS']
@@ -42,6 +46,15 @@ def _build(spec: BlazeSpec, *, dtype=jnp.float32, bn_axis_name: str | None = Non
 
 def _convert_torch(state_dict: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
   return weights.convert_detector(state_dict, FAMILY.spec(name), source)
+
+
+def _augment(image, sample, rng, *, image_size: int, min_face: float = 0.0):
+  return augment.blazeface_augment(image, sample, rng, image_size=image_size, min_face=min_face)
+
+
+def _no_backbone(spec) -> str:
+  raise ValueError("BlazeFace trains from scratch (no ImageNet backbone exists for it): set "
+                   "--config.pretrained_backbone=''")
 
 
 def _input_size(spec: BlazeSpec) -> int:
@@ -75,6 +88,12 @@ FAMILY = Family(
     protocol='hollance',
     convert_tflite=tflite_weights.convert_tflite,
     file_protocols={'.tflite': 'mediapipe'},   # MediaPipe's files run MediaPipe's post-processing
+    training=Training(
+        loss=loss.family_loss,
+        loss_terms=('loss', 'loss_cls', 'loss_box', 'loss_kps'),
+        augment=_augment,
+        backbone=_no_backbone,
+    ),
 )
 
 # MediaPipe's face detection graphs: min score 0.5, the cluster keeps its top score.

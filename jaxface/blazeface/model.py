@@ -26,6 +26,9 @@ FRONT_BACKBONE2 = ((88, 96, 2),) + ((96, 96, 1),) * 4
 BACK_BACKBONE = (((24, 24, 1),) * 7 + ((24, 24, 2),) + ((24, 24, 1),) * 7 + ((24, 48, 2),) + ((48, 48, 1),) * 7
                  + ((48, 96, 2),) + ((96, 96, 1),) * 7)
 REGRESSORS = 16   # box (x, y, w, h) and six keypoints (x, y)
+# Training from scratch: the classifiers start at a face probability of 0.01 (RetinaNet's prior,
+# which the focal loss expects); loading weights replaces it.
+CLS_PRIOR_BIAS = -4.595
 
 
 # MediaPipe's full-range model (face_detection_full_range.tflite): (in, mid, out, stride) of each
@@ -224,7 +227,9 @@ class FullRange(nn.Module):
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     x = TopDownPath(self.cpu_kernels, name='top_down')(FullRangeBackbone(self.cpu_kernels, name='backbone')(x))
     n = x.shape[0]
-    head = lambda features, name: Conv(features, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels, name=name)(x)
+    head = lambda features, name: Conv(
+        features, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels, name=name,
+        bias_init=nn.initializers.constant(CLS_PRIOR_BIAS if name == 'classifier' else 0.0))(x)
     return head(REGRESSORS, 'regressor').reshape(n, -1, REGRESSORS), head(1, 'classifier').reshape(n, -1, 1)
 
 
@@ -248,8 +253,9 @@ class BlazeFace(nn.Module):
       h = Backbone(FRONT_BACKBONE2, False, self.cpu_kernels, name='backbone2')(x)         # [N, S/16, S/16, 96]
     a8, a16 = self.spec.anchors_per_cell
     n = x.shape[0]
-    head = lambda features, name, y: Conv(features, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels,
-                                          name=name)(y)
+    head = lambda features, name, y: Conv(
+        features, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels, name=name,
+        bias_init=nn.initializers.constant(CLS_PRIOR_BIAS if name.startswith('classifier') else 0.0))(y)
     logits = jnp.concatenate([head(a8, 'classifier_8', x).reshape(n, -1, 1),
                               head(a16, 'classifier_16', h).reshape(n, -1, 1)], axis=1)
     regressors = jnp.concatenate([head(a8 * REGRESSORS, 'regressor_8', x).reshape(n, -1, REGRESSORS),

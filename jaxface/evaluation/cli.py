@@ -40,8 +40,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument('--test-scale', choices=TEST_SCALES,
                  help="test-time image scale protocol (default: the model family's: original for RetinaFace)")
   p.add_argument('--detector-protocol', metavar='NAME',
-                 help="the detector's test protocol (default: the family's own; SCRFD: mmdet, or insightface "
-                      "for scrfd.py's letterbox, unclipped boxes and +1 NMS at 0.4)")
+                 help="the detector's test protocol (default: the one the training run scored with, else the "
+                      "family's own; SCRFD: mmdet, or insightface for scrfd.py's letterbox, unclipped boxes and "
+                      "+1 NMS at 0.4; BlazeFace: hollance or mediapipe)")
   p.add_argument('--conf', type=float, default=0.02, help='confidence threshold (default 0.02, the standard)')
   p.add_argument('--nms', type=float, help='NMS IoU threshold (default: the model\'s; 0.4 for RetinaFace)')
   p.add_argument('--exact', action='store_true',
@@ -100,8 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   pred_dir = args.preds
   if args.ckpt:
     from jaxface import load_detector
+    protocol = args.detector_protocol or _trained_eval_protocol(args.ckpt)
     try:
-      detector = load_detector(args.ckpt, step=args.step, protocol=args.detector_protocol, bucketed=not args.exact,
+      detector = load_detector(args.ckpt, step=args.step, protocol=protocol, bucketed=not args.exact,
                                batch_size=args.batch_size)
     except (FileNotFoundError, ValueError) as e:  # no such step, an unreadable or wrong checkpoint
       say(f'error: {e}')
@@ -145,3 +147,13 @@ def result_record(result: EvalResult, **settings) -> dict:
   """What `--json` writes: the APs with the protocol and the settings that produced them."""
   return dict(protocol=result.protocol, ap={s: result.ap[s] for s in SETTINGS}, face_counts=result.face_counts,
               num_detections=result.num_detections, warnings=len(result.warnings), **settings)
+
+
+def _trained_eval_protocol(ckpt: str) -> str | None:
+  """The test protocol a `train.py` run's periodic evaluation used (`eval_protocol` in jaxface.json)."""
+  from jaxface import saved_models
+  path = os.path.join(ckpt, saved_models.META_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get('eval_protocol')

@@ -79,7 +79,8 @@ def train(config, workdir: str, *, family: Family | None = None,
   schedule = ts.step_decay(config.learning_rate, per_epoch, tuple(config.decay_epochs), gamma=config.lr_gamma,
                            warmup_epochs=config.warmup_epochs, warmup_steps=config.get('warmup_steps', 0),
                            warmup_ratio=config.get('warmup_ratio', 0.0))
-  tx = ts.sgd(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+  tx = ts.sgd(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+              clip_norm=config.get('grad_clip_norm', 0.0) or 0.0)
   use_pmap = config.parallel == 'pmap'
   if config.parallel not in ('jit', 'pmap'):
     raise ValueError(f"config.parallel must be 'jit' or 'pmap', got {config.parallel!r}")
@@ -131,7 +132,12 @@ def train(config, workdir: str, *, family: Family | None = None,
                                      process_count=jax.process_count())
   augment = functools.partial(family.training.augment, min_face=config.data.min_face)
   val = datasets.val_set(config.data, family) if (config.eval_every_steps and is_main) else None
-  evaluator = _Evaluator(family, config.arch, val) if val is not None else None
+  # The periodic evaluation's test protocol: the family's own, or the config's `eval_protocol`
+  # (BlazeFace's recipe scores with MediaPipe's: at conf 0.02 hollance's mean cluster score would be
+  # dragged down by every low-scoring member); `evaluate.py --ckpt` reads it from jaxface.json.
+  eval_protocol = config.get('eval_protocol', '') or None
+  eval_family = families.family_of(config.arch, eval_protocol) if eval_protocol else family
+  evaluator = _Evaluator(eval_family, config.arch, val) if val is not None else None
   writers = MetricWriters(workdir) if is_main else None
   guard = _NonFiniteGuard(config.skip_nonfinite, mgr, progress)
 
@@ -267,6 +273,8 @@ def _write_run_files(workdir: str, config) -> None:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json(indent=2, sort_keys=True))
   meta = dict(arch=config.arch, source='train.py', dataset=datasets.dataset_meta(config.data))
+  if eval_protocol:
+    meta['eval_protocol'] = eval_protocol
   with open(os.path.join(workdir, saved_models.META_FILE), 'w') as f:
     json.dump(meta, f, indent=2, sort_keys=True)
 

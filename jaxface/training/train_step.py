@@ -34,11 +34,14 @@ class TrainState:
   opt_state: Any
 
 
-def sgd(learning_rate: optax.Schedule | float, *, momentum: float = 0.9, weight_decay: float = 5e-4
-        ) -> optax.GradientTransformation:
+def sgd(learning_rate: optax.Schedule | float, *, momentum: float = 0.9, weight_decay: float = 5e-4,
+        clip_norm: float = 0.0) -> optax.GradientTransformation:
   """The reference's `torch.optim.SGD(lr, momentum=0.9, weight_decay=5e-4)`: decay on *all*
-  parameters (BN and biases too) added to the gradient before momentum, as torch does."""
-  return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
+  parameters (BN and biases too) added to the gradient before momentum, as torch does.
+  `clip_norm` > 0 first scales the gradient down to that global norm (`clip_grad_norm_`); the
+  RetinaFace and SCRFD recipes do not clip, BlazeFace's (no normalisation layers) does."""
+  steps = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
+  return optax.chain(*steps, optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
 
 
 def step_decay(base_lr: float, steps_per_epoch: int, decay_epochs: tuple[int, ...], *, gamma: float = 0.1,
@@ -83,7 +86,7 @@ def init_state(tx: optax.GradientTransformation, variables: Mapping[str, Any]) -
   # One program: eagerly, the optimizer's zeros would compile once per parameter shape.
   opt_state = jax.jit(tx.init)(variables['params'])
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                    batch_stats=variables['batch_stats'], opt_state=opt_state)
+                    batch_stats=variables.get('batch_stats', {}), opt_state=opt_state)  # {}: no BN (BlazeFace)
 
 
 def loss_fn_for(family, spec, **hyper) -> LossFn:
@@ -106,7 +109,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
     outputs, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                    batch['image'], train=True, mutable=['batch_stats'])
     loss, metrics = loss_fn(outputs, batch, axis_name=axis_name)
-    return loss, (metrics, updates['batch_stats'])
+    return loss, (metrics, updates.get('batch_stats', {}))
 
   (loss, (metrics, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   if axis_name is not None:  # each device's loss is its share of the global loss: gradients add up
