@@ -273,8 +273,8 @@ def _write_run_files(workdir: str, config) -> None:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json(indent=2, sort_keys=True))
   meta = dict(arch=config.arch, source='train.py', dataset=datasets.dataset_meta(config.data))
-  if eval_protocol:
-    meta['eval_protocol'] = eval_protocol
+  if config.get('eval_protocol', ''):
+    meta['eval_protocol'] = config.eval_protocol
   with open(os.path.join(workdir, saved_models.META_FILE), 'w') as f:
     json.dump(meta, f, indent=2, sort_keys=True)
 
