@@ -158,3 +158,22 @@ def test_augment_crops_to_the_model_range_and_maps_five_landmarks_to_six():
   assert hi * 1.001 >= max(sizes) and np.median(sizes) >= lo  # clipped at the crop's edge a face only shrinks
   assert np.ptp(np.log(sizes)) > 0.5 * np.log(hi / lo)       # the range is covered, not one size
   np.testing.assert_allclose(augment.six_keypoints(five)[0, 3], [180, 155])
+
+
+def test_full_range_loss_trains_small_faces_through_their_best_anchor():
+  """One anchor size (86 px at 192): a 10 px face still gets exactly its best anchor; finite gradients."""
+  spec = blazeface.SPECS['blazeface_full_range']
+  gt = np.zeros((4, 4), np.float32)
+  gt[0] = [0.40, 0.40, 0.45, 0.45]       # ~10 px
+  gt[1] = [0.1, 0.1, 0.6, 0.6]           # ~96 px
+  valid = np.arange(4) < 2
+  table, sizes, _ = anchors.anchor_table(anchors.FULL_RANGE)
+  assigned = np.asarray(matching.match(matching.matching_boxes(table, sizes), jnp.asarray(gt), jnp.asarray(valid)))
+  assert (assigned == 0).sum() == 1 and (assigned == 1).sum() > 10
+  batch = dict(image=jnp.zeros((1, 192, 192, 3)), boxes=jnp.asarray(gt[None]), box_valid=jnp.asarray(valid[None]),
+               landmarks=jnp.zeros((1, 4, 6, 2)), landmark_valid=jnp.zeros((1, 4), bool), ignore=jnp.zeros((1, 4), bool))
+  outs = (jnp.zeros((1, 2304, 16)), jnp.zeros((1, 2304, 1)))
+  value, metrics = loss.family_loss(spec, outs, batch)
+  assert np.isfinite(float(value)) and int(metrics['num_pos']) == (assigned >= 0).sum()
+  with pytest.raises(ValueError, match='trains at its input size 192'):
+    loss.family_loss(spec, outs, dict(batch, image=jnp.zeros((1, 128, 128, 3))))

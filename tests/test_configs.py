@@ -44,7 +44,7 @@ def test_every_config_names_a_trainable_arch_and_no_test_hooks(variant):
   """Each config's arch resolves to a family with training parts, and no test-only field (fault
   injection) is part of a production config."""
   from jaxface import families
-  for name in ('retinaface_mnet', 'retinaface_r50'):
+  for name in ('retinaface_mnet', 'retinaface_r50', 'blazeface_front', 'blazeface_full_range'):
     c = load(name).get_config(variant)
     assert families.family_of(c.arch).training is not None
     assert not any('crash' in k for k in c.keys())
@@ -85,3 +85,20 @@ def test_scrfd_warmup_is_mmcv_linear():
   for i in (0, 1, 750, 1499):
     assert abs(float(s(i)) - 0.01 * (0.001 + 0.999 * i / 1500)) < 1e-9
   assert abs(float(s(1500)) - 0.01) < 1e-9 and abs(float(s(440 * 403)) - 0.001) < 1e-9
+
+
+@pytest.mark.parametrize('name, size', [('blazeface_front', 128), ('blazeface_full_range', 192)])
+def test_blazeface_recipes(name, size):
+  """jaxface's BlazeFace recipe: the model's input side, clipped SGD, MediaPipe's protocol for the AP;
+  the demo on the synthetic set scores images at the input side; the docstring holds the commands."""
+  c = load(name).get_config()
+  assert (c.arch, c.data.image_size, c.data.annotations, c.grad_clip_norm, c.eval_protocol) == (
+      name, size, 'retinaface', 5.0, 'mediapipe')
+  assert c.pretrained_backbone == '' and c.data.dataset == 'wider'
+  demo = load(name).get_config('demo')
+  assert demo.data.dataset == 'synthetic' and tuple(demo.data.synthetic_val_image_size) == (size, size)
+  assert demo.num_steps * 0.8 == pytest.approx(demo.decay_epochs[0] * 10_000 / demo.batch_size)
+  doc = load(name).__doc__
+  assert f'python train.py --config configs/{name}.py' in doc and f'configs/{name}.py:demo' in doc
+  with pytest.raises(ValueError, match='unknown variant'):
+    load(name).get_config('dmeo')
