@@ -18,7 +18,8 @@ from jaxface.images import as_bgr_uint8
 
 @dataclasses.dataclass
 class Detections:
-  """One image's faces, sorted by descending score, in input pixels."""
+  """One image's faces, in input pixels, sorted by descending score (after weighted NMS, by each
+  cluster's best member, so a cluster's mean score can be out of order: BlazeFace's hollance rule)."""
   boxes: np.ndarray      # [N, 4] x1 y1 x2 y2
   scores: np.ndarray     # [N]
   landmarks: np.ndarray  # [N, K, 2] the family's keypoints (`Detector.family.keypoints.names`)
