@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m jaxface.detect', description=__doc__.split('\n')[0],
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--weights',
-                      help='PyTorch checkpoint (.pth/.tar; needs --arch), released .onnx file, or a converted checkpoint directory '
+                      help='PyTorch checkpoint (.pth/.tar; needs --arch), released .onnx (SCRFD) or .tflite (BlazeFace) '
+                           'file, or a converted checkpoint directory '
                            '(default: the model shipped with jaxface, retinaface_mnet_relu, nothing to download)')
   parser.add_argument('--arch', help=f'one of: {", ".join(ARCHS)} (optional for a converted directory)')
   names = sorted({p for f in FAMILIES for p in protocols(f)})
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.weights is not None and not os.path.exists(args.weights):
     print(f'error: no such checkpoint file or directory: {args.weights}', file=sys.stderr)
     return 1
-  if (args.weights is not None and not os.path.isdir(args.weights) and not args.weights.lower().endswith('.onnx')
+  if (args.weights is not None and not os.path.isdir(args.weights)
+      and not args.weights.lower().endswith(('.onnx', '.tflite'))
       and args.arch is None):
     parser.error(f'{args.weights} is a PyTorch file: pass --arch (one of {", ".join(ARCHS)})')
 

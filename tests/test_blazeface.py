@@ -389,3 +389,11 @@ def test_convert_cli_writes_a_directory_that_loads_without_an_arch(tmp_path, rea
   mediapipe = load_detector(str(tmp_path / 'tflite'), protocol='mediapipe').detect(img)
   np.testing.assert_allclose(mediapipe.scores, load_detector(tflite_path('face_detection_short_range')).detect(img).scores,
                              atol=1e-6)
+
+
+def test_cli_reads_a_tflite_file_without_an_arch(tmp_path):
+  out = tmp_path / 'out.jsonl'
+  assert detect.main(['--weights', tflite_path('face_detection_short_range'), '--json', str(out),
+                      str(shared_file('data', 'images', '3faces.png'))]) == 0
+  record = json.loads(out.read_text().splitlines()[0])
+  assert len(record['faces']) == 3 and all(len(f['landmarks']) == 6 for f in record['faces'])
