@@ -84,7 +84,7 @@ def test_decode_equals_the_reference_and_encode_inverts_it():
 # --- the network -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('arch,params', [('blazeface_front', 101_390), ('blazeface_back', 136_240),
-                                         ('blazeface_full_range', 514_069)])
+                                         ('blazeface_full_range', 514_069), ('blazeface_full_range_sparse', 508_308)])
 def test_parameter_counts_are_the_released_ones(arch, params):
   spec = blazeface.SPECS[arch]
   shapes = jax.eval_shape(blazeface.BlazeFace(spec).init, jax.random.PRNGKey(0),
@@ -299,8 +299,9 @@ def test_cli_draws_six_keypoints(tmp_path):
 # --- MediaPipe's .tflite files -------------------------------------------------------------------
 
 TFLITE = {'face_detection_short_range': 'blazeface_front', 'face_detection_back': 'blazeface_back',
-          'face_detection_full_range': 'blazeface_full_range'}
-OPTIONS['blazeface_full_range'] = anchors.FULL_RANGE
+          'face_detection_full_range': 'blazeface_full_range',
+          'face_detection_full_range_sparse': 'blazeface_full_range_sparse'}
+OPTIONS['blazeface_full_range'] = OPTIONS['blazeface_full_range_sparse'] = anchors.FULL_RANGE
 
 
 def tflite_path(name):
@@ -342,6 +343,23 @@ def test_tflite_files_load_without_an_arch_and_match_litert(name):
     np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=img_name)
 
 
+def test_every_weight_of_a_tflite_file_is_used():
+  """The converted parameters are the files' own count (the sparse file's densified), each conv once."""
+  from jaxface import tflite
+  for name, arch in TFLITE.items():
+    model = tflite.read(tflite_path(name))
+    in_file = sum(model.constant(op.inputs[k]).size for op in model.operators
+                  if op.op in ('CONV_2D', 'DEPTHWISE_CONV_2D') for k in (1, 2))
+    variables = convert.convert_tflite_file(tflite_path(name))[1]
+    assert sum(v.size for v in jax.tree_util.tree_leaves(variables)) == in_file, name
+  sparse = tflite.read(tflite_path('face_detection_full_range_sparse'))
+  stored = [t for t in sparse.tensors if t.sparse]
+  assert len(stored) == 46 and all(t.data.shape == t.shape for t in stored)
+  # About half of each densified kernel is zero (the file stores only the rest).
+  zeros = sum(int((t.data == 0).sum()) for t in stored) / sum(t.data.size for t in stored)
+  assert 0.3 < zeros < 0.9
+
+
 def test_the_back_tflite_file_holds_the_pth_weights_bit_for_bit():
   from_tflite = convert.convert_tflite_file(tflite_path('face_detection_back'))[1]
   from_pth = convert.convert_file(weights_path('blazeface_back'), 'blazeface_back')
@@ -353,8 +371,8 @@ def test_the_back_tflite_file_holds_the_pth_weights_bit_for_bit():
 def test_tflite_files_fail_clearly(tmp_path):
   with pytest.raises(CheckpointMismatch, match='holds a blazeface_front model'):
     load_detector(tflite_path('face_detection_short_range'), 'blazeface_back')
-  with pytest.raises(CheckpointMismatch, match=r'stored sparse \(46 DENSIFY ops.*face_detection_full_range.tflite'):
-    load_detector(tflite_path('face_detection_full_range_sparse'))
+  with pytest.raises(CheckpointMismatch, match='holds a blazeface_full_range_sparse model'):
+    load_detector(tflite_path('face_detection_full_range_sparse'), 'blazeface_full_range')
   bogus = tmp_path / 'model.tflite'
   bogus.write_bytes(b'\x00' * 64)
   with pytest.raises(ValueError, match=r'model.tflite: not a TFLite model'):
@@ -373,6 +391,17 @@ def test_tflite_files_fail_clearly(tmp_path):
     mp.setattr(tflite, 'read', lambda path: edited)
     with pytest.raises(CheckpointMismatch, match=rf'node {ops[i].index} \(DEPTHWISE_CONV_2D .*expected DEPTHWISE_CONV_2D '
                                                  r'at stride 1 for backbone1.2.convs.0'):
+      tflite_weights.convert_tflite('edited.tflite')
+  # The sparse file's stem with its fused ReLU taken away.
+  model = tflite.read(tflite_path('face_detection_full_range_sparse'))
+  ops = list(model.operators)
+  i = next(k for k, op in enumerate(ops) if op.op == 'CONV_2D')
+  ops[i] = dataclasses.replace(ops[i], activation=None)
+  edited = dataclasses.replace(model, operators=tuple(ops))
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(tflite, 'read', lambda path: edited)
+    with pytest.raises(CheckpointMismatch, match=rf'node {ops[i].index} \(CONV_2D .*fused None\) diverges .*expected '
+                                                 r'CONV_2D at stride 2, fused RELU for full_range_sparse.backbone.0'):
       tflite_weights.convert_tflite('edited.tflite')
 
 

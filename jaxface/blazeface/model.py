@@ -41,6 +41,14 @@ FULL_RANGE_BACKBONE = ((32, 8, 32, 1), (32, 8, 32, 1), (32, 12, 48, 2), (48, 12,
 FULL_RANGE_SKIPS = (10, 7, 4)            # the backbone blocks (0-based) whose outputs the stages merge
 FULL_RANGE_TOP_DOWN = ((96, 48, 2), (64, 32, 2), (48, 24, 1))   # (channels, mid, blocks), stride 16, 8, 4
 
+# MediaPipe's sparse full-range model (face_detection_full_range_sparse.tflite), a different network
+# of the same plan: (mid, out, stride) of each block after the stem (3 -> 32). Its stride-2 blocks
+# have no shortcut. The skips and the top-down stages (with these blocks) are the dense model's.
+SPARSE_BACKBONE = ((8, 32, 1), (8, 32, 1), (16, 64, 2), (16, 64, 1), (16, 64, 1), (32, 128, 2), (32, 128, 1),
+                   (32, 128, 1), (48, 192, 2), (48, 192, 1), (48, 192, 1), (96, 384, 2), (96, 384, 1),
+                   (96, 384, 1), (96, 384, 1))
+SPARSE_HEAD_MID = 4   # the heads' 1x1 conv makes 4 x (1 or 16) channels at stride 4, read out at stride 8
+
 
 @dataclasses.dataclass(frozen=True)
 class BlazeSpec:
@@ -48,6 +56,7 @@ class BlazeSpec:
   input_size: int
   back: bool = False     # the 256 px back-camera model (`backbone` + `final`)
   full_range: bool = False  # MediaPipe's 192 px full-range model (`FullRange`); neither: the front model
+  sparse: bool = False      # with `full_range`: the `_sparse` file's network (`FullRangeSparse`)
   anchors_per_cell: tuple[int, ...] = (2, 6)   # per output grid (16 x 16 and 8 x 8; full range: 48 x 48)
 
 
@@ -55,6 +64,7 @@ SPECS: dict[str, BlazeSpec] = {
     'blazeface_front': BlazeSpec(128),
     'blazeface_back': BlazeSpec(256, back=True),
     'blazeface_full_range': BlazeSpec(192, full_range=True, anchors_per_cell=(1,)),
+    'blazeface_full_range_sparse': BlazeSpec(192, full_range=True, sparse=True, anchors_per_cell=(1,)),
 }
 
 
@@ -140,18 +150,21 @@ def upsample_bilinear_2x(x: jax.Array) -> jax.Array:
 
 
 class BottleneckConvs(nn.Module):
-  """`convs = Sequential(dw3x3, 1x1 down, ReLU, dw3x3, 1x1 up)` named `0, 1, 3, 4` (2 is the ReLU)."""
+  """`convs = Sequential(dw3x3, 1x1 down, ReLU, dw3x3, 1x1 up)` named `0, 1, 3, 4` (2 is the ReLU).
+  A stride-2 depthwise conv pads right and bottom by 1 (TF 'SAME'), or 1 on every side with
+  `pad_both` (the sparse model's explicit PAD ops)."""
   mid: int
   features: int
   stride: int
   cpu_kernels: bool | None = None
+  pad_both: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     conv = lambda features, kernel, stride, padding, groups, name: Conv(
         features, kernel, stride, padding, groups=groups, use_bias=True, cpu_kernels=self.cpu_kernels, name=name)
-    h = conv(c, 3, self.stride, 1 if self.stride == 1 else ((0, 1), (0, 1)), c, '0')(x)
+    h = conv(c, 3, self.stride, 1 if self.stride == 1 or self.pad_both else ((0, 1), (0, 1)), c, '0')(x)
     h = jax.nn.relu(conv(self.mid, 1, 1, 0, 1, '1')(h))
     h = conv(self.mid, 3, 1, 1, self.mid, '3')(h)
     return conv(self.features, 1, 1, 0, 1, '4')(h)
@@ -186,31 +199,63 @@ class FullRangeBackbone(nn.Module):
     return outs
 
 
+class SparseBlock(nn.Module):
+  """The sparse full-range model's block: `ReLU(convs(x) + x)` at stride 1, `ReLU(convs(x))` with no
+  shortcut at stride 2, where the depthwise conv pads 1 on every side."""
+  mid: int
+  features: int
+  stride: int
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = BottleneckConvs(self.mid, self.features, self.stride, self.cpu_kernels, pad_both=True, name='convs')(x)
+    return jax.nn.relu(h + x if self.stride == 1 else h)
+
+
+class SparseBackbone(nn.Module):
+  """`Sequential(stem 3x3 s2 padded 1, ReLU, SparseBlock x 15)` named `0`, -, `2..16`; every block's output."""
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> list[jax.Array]:
+    x = jax.nn.relu(Conv(32, 3, 2, 1, use_bias=True, cpu_kernels=self.cpu_kernels, name='0')(x))
+    outs = []
+    for i, (mid, features, stride) in enumerate(SPARSE_BACKBONE):
+      x = SparseBlock(mid, features, stride, self.cpu_kernels, name=str(i + 2))(x)
+      outs.append(x)
+    return outs
+
+
 class TopDown(nn.Module):
-  """One top-down stage: `up2x(ReLU(top(coarse))) + ReLU(lateral(skip))`, then bottleneck blocks `0, 1, ...`."""
+  """One top-down stage: `up2x(ReLU(top(coarse))) + ReLU(lateral(skip))`, then blocks `0, 1, ...`
+  (`Bottleneck`, or `SparseBlock` with `sparse`)."""
   features: int
   mid: int
   blocks: int
+  sparse: bool = False
   cpu_kernels: bool | None = None
 
   @nn.compact
   def __call__(self, coarse: jax.Array, skip: jax.Array) -> jax.Array:
     conv = lambda name: Conv(self.features, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels, name=name)
     x = upsample_bilinear_2x(jax.nn.relu(conv('top')(coarse))) + jax.nn.relu(conv('lateral')(skip))
+    block = SparseBlock if self.sparse else Bottleneck
     for j in range(self.blocks):
-      x = Bottleneck(self.mid, self.features, 1, self.cpu_kernels, name=str(j))(x)
+      x = block(self.mid, self.features, 1, self.cpu_kernels, name=str(j))(x)
     return x
 
 
 class TopDownPath(nn.Module):
   """The stages `0, 1, 2` (stride 16, 8, 4), each merging one backbone output."""
+  sparse: bool = False
   cpu_kernels: bool | None = None
 
   @nn.compact
   def __call__(self, feats: list[jax.Array]) -> jax.Array:
     x = feats[-1]
     for k, ((features, mid, blocks), skip) in enumerate(zip(FULL_RANGE_TOP_DOWN, FULL_RANGE_SKIPS)):
-      x = TopDown(features, mid, blocks, self.cpu_kernels, name=str(k))(x, feats[skip])
+      x = TopDown(features, mid, blocks, self.sparse, self.cpu_kernels, name=str(k))(x, feats[skip])
     return x
 
 
@@ -233,6 +278,49 @@ class FullRange(nn.Module):
     return head(REGRESSORS, 'regressor').reshape(n, -1, REGRESSORS), head(1, 'classifier').reshape(n, -1, 1)
 
 
+def depth_to_space(x: jax.Array, block: int) -> jax.Array:
+  """TFLite's DEPTH_TO_SPACE: `[N, H, W, b*b*C] -> [N, bH, bW, C]`, output `(b*h + i, b*w + j, c)` =
+  input `(h, w, (i*b + j)*C + c)`."""
+  n, h, w, d = x.shape
+  c = d // (block * block)
+  x = x.reshape(n, h, w, block, block, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h * block, w * block, c)
+
+
+class SparseHead(nn.Module):
+  """A sparse full-range head: 1x1 conv to 4 x `features` channels (`0`), 3x3 depthwise at stride 2
+  (`1`, padded 1), depth-to-space 2: `[N, 48, 48, 48] -> [N, 48, 48, features]`."""
+  features: int
+  bias_init: float = 0.0
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = SPARSE_HEAD_MID * self.features
+    h = Conv(d, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels, name='0')(x)
+    h = Conv(d, 3, 2, 1, groups=d, use_bias=True, cpu_kernels=self.cpu_kernels, name='1',
+             bias_init=nn.initializers.constant(self.bias_init))(h)
+    return depth_to_space(h, 2)
+
+
+class FullRangeSparse(nn.Module):
+  """MediaPipe's sparse full-range network (read off `face_detection_full_range_sparse.tflite`):
+  `[N, 192, 192, 3] -> (regressors [N, 2304, 16], logits [N, 2304, 1])`, the dense model's anchors.
+
+  A 3x3 stride-2 stem (padded 1), fifteen `SparseBlock`s (`backbone.2..16`), the dense model's
+  top-down plan with `SparseBlock`s (`top_down.0..2`), and `SparseHead`s (`classifier`, `regressor`).
+  Its 1x1 kernels are stored sparse in the file; here they are dense."""
+  cpu_kernels: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x = TopDownPath(True, self.cpu_kernels, name='top_down')(SparseBackbone(self.cpu_kernels, name='backbone')(x))
+    n = x.shape[0]
+    regressors = SparseHead(REGRESSORS, 0.0, self.cpu_kernels, name='regressor')(x)
+    logits = SparseHead(1, CLS_PRIOR_BIAS, self.cpu_kernels, name='classifier')(x)
+    return regressors.reshape(n, -1, REGRESSORS), logits.reshape(n, -1, 1)
+
+
 class BlazeFace(nn.Module):
   """`[N, S, S, 3]` RGB in [-1, 1] -> `(regressors [N, A, 16], logits [N, A, 1])` (module docstring)."""
   spec: BlazeSpec
@@ -243,7 +331,9 @@ class BlazeFace(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
     x = x.astype(self.dtype)
     if self.spec.full_range:
-      regressors, logits = FullRange(self.cpu_kernels, name='full_range')(x)
+      net = (FullRangeSparse(self.cpu_kernels, name='full_range_sparse') if self.spec.sparse
+             else FullRange(self.cpu_kernels, name='full_range'))
+      regressors, logits = net(x)
       return regressors.astype(jnp.float32), logits.astype(jnp.float32)
     if self.spec.back:
       x = Backbone(BACK_BACKBONE, True, self.cpu_kernels, name='backbone')(x)            # [N, S/16, S/16, 96]
