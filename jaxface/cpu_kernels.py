@@ -101,7 +101,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, pa
 
   * few taps (k*k*I <= 27 and I <= 8: the 3x3 stem over 3 channels, 1x1s over <= 8 channels): a sum
     of broadcast multiply-adds that XLA fuses with the BN and activation after it into one loop,
-    with the library conv's gradients (`_fma_conv_library_grad`);
+    with the library conv's gradients (`_fma_conv_library_grad`; undifferentiated, a 1x1 is a
+    matrix product);
   * other 1x1s: a matrix product over every `stride`-th pixel (a 1x1 has no padding, so this is
     exact), gradients as 2-D products (`_pointwise_cpu`);
   * other 3x3s: the library conv, its kernel gradient as matrix products per tap or per kernel row
@@ -191,7 +192,15 @@ def _fma_conv_library_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
   Autodiff of the multiply-adds would keep every broadcast tap (27 x the stem's output) as a
   residual; saving `(x, kernel)` instead makes the training step ~12% faster
   (BENCHMARKS.md, "Train step").
+
+  A 1x1 runs as multiply-adds only under differentiation (the forward rule). Undifferentiated
+  (inference) it is a matrix product: there its input's producer, a depthwise conv with no batch
+  statistics to materialise it, is fused into the multiply-adds once per output channel
+  (MobileNet-0.25's forward at 1024x624 on an AMD EPYC: 19.3 ms with multiply-adds, 12.4 ms with
+  the product; in the train step the multiply-adds stay ~6% faster; BENCHMARKS.md).
   """
+  if kernel.shape[0] == 1:
+    return _pointwise(x, kernel, stride)
   return _fma_conv(x, kernel, stride)
 
 
