@@ -2,9 +2,17 @@
 
 CLI:
   python -m jaxface.detect [--weights FILE_OR_DIR [--arch ARCH]] [--protocol NAME] [--conf 0.5]
-      [--nms 0.4] [--max-num N] [--json OUT.jsonl] [--save-vis DIR] [--bucketed] IMAGES_OR_FOLDERS...
+      [--nms 0.4] [--max-num N] [--json OUT.jsonl] [--save-vis DIR] [--exact] [--cache-dir DIR]
+      IMAGES_OR_FOLDERS...
 
 Without --json the records go to stdout (and the progress lines to stderr).
+
+Defaults for a folder of mixed photos (bench/bench_folder.py measured them): images of a family
+that takes any size (RetinaFace) are padded up to a few bucket sizes, so a folder compiles a
+handful of programs rather than one per distinct size (`--exact`: each image at its own size, as
+published numbers are measured); compiled programs are kept in a persistent cache (`--cache-dir`,
+default $JAXFACE_CACHE_DIR or ~/.cache/jaxface/xla; `--cache-dir ''` turns it off), so a second
+run compiles nothing. A cache that JAX was already given (JAX_COMPILATION_CACHE_DIR) is kept.
 
 Without --weights the model shipped with the package runs (retinaface_mnet_relu: RetinaFace
 MobileNet-0.25, biubug6/Pytorch_Retinaface's first release), so nothing needs downloading.
@@ -23,6 +31,7 @@ import time
 from typing import Iterator, TextIO
 
 import cv2
+import jax
 
 from jaxface.detector import Detections, load_detector
 from jaxface.images import ImageReadError, read_image
@@ -30,6 +39,7 @@ from jaxface.families import ARCHS, DEFAULT_MODEL, FAMILIES, protocols
 from jaxface.visualize import draw_detections
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+CACHE_ENV_VAR = 'JAXFACE_CACHE_DIR'
 # Images decoded per `detect_batch` call: bounds memory on big folders while still filling
 # several compiled batches of the same size.
 READ_CHUNK = 64
@@ -171,13 +181,38 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output file, JSON Lines (one object per image); '-' for stdout (default)")
   parser.add_argument('--save-vis', metavar='DIR',
                       help='also write each image with its faces drawn to DIR (same file name)')
-  parser.add_argument('--bucketed', action='store_true',
-                      help='pad images up to a few bucket sizes so mixed sizes share compiled programs '
-                           '(faster on many sizes; detections may differ slightly)')
+  parser.add_argument('--exact', action='store_true',
+                      help='run each image at its own size, one compile per distinct size, detections equal to '
+                           "the reference's (default: pad up to a few bucket sizes so mixed sizes share compiled "
+                           'programs; detections near the padded border may differ slightly; docs/inference.md)')
+  parser.add_argument('--bucketed', action='store_true', help=argparse.SUPPRESS)  # the default; kept for old scripts
+  parser.add_argument('--cache-dir', default=None, metavar='DIR',
+                      help="where compiled programs persist between runs (default: $JAXFACE_CACHE_DIR or "
+                           "~/.cache/jaxface/xla; '' for none)")
   parser.add_argument('--batch-size', type=int, default=8,
                       help='images per compiled call among images of one size (default: %(default)s)')
   parser.add_argument('inputs', nargs='+', metavar='IMAGES_OR_FOLDERS')
   return parser
+
+
+def use_compile_cache(cache_dir: str | None) -> str | None:
+  """Points JAX's persistent compilation cache at `cache_dir` (None: $JAXFACE_CACHE_DIR, else
+  ~/.cache/jaxface/xla; '': none) unless JAX already has one; returns the directory in use."""
+  current = jax.config.jax_compilation_cache_dir
+  if current:
+    return current
+  if cache_dir is None:
+    cache_dir = os.environ.get(CACHE_ENV_VAR) or os.path.join(os.path.expanduser('~'), '.cache', 'jaxface', 'xla')
+  if not cache_dir:
+    return None
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+  except OSError as e:
+    print(f'warning: no compile cache ({cache_dir}: {e.strerror})', file=sys.stderr)
+    return None
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  return cache_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
       print(f'error: cannot write {e.filename}: {e.strerror}', file=sys.stderr)
       return 1
+    use_compile_cache(args.cache_dir)
     try:
-      detector = load_detector(args.weights, arch=args.arch, protocol=args.protocol, bucketed=args.bucketed,
+      detector = load_detector(args.weights, arch=args.arch, protocol=args.protocol, bucketed=not args.exact,
                                batch_size=args.batch_size)
     except (OSError, ValueError, TypeError, EOFError) as e:
       name = args.weights or DEFAULT_MODEL
