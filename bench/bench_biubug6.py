@@ -18,6 +18,8 @@ Its constructor loads the ImageNet backbone `model_best.pth.tar` from the workin
 is built inside the checkout; the 2019 checkpoint then replaces every weight (strictly).
 
 Also timed: both forwards alone, and ONNX Runtime running biubug6's network exported to ONNX.
+Each timed call follows `--lead-in` untimed calls of the same contender, so no library is timed
+while the previous one's worker threads still spin (`common.interleaved`).
 """
 from __future__ import annotations
 
@@ -118,6 +120,8 @@ def main():
   p.add_argument('--repeats', type=int, default=30)
   p.add_argument('--image', default='crowd.jpg')
   p.add_argument('--threads', type=int, default=2, help='torch / ONNX Runtime intra-op threads')
+  p.add_argument('--lead-in', type=int, default=2,
+                 help='untimed calls of a contender before each timed one (common.interleaved)')
   args = p.parse_args()
   torch.set_num_threads(args.threads)
   torch.set_grad_enabled(False)
@@ -196,7 +200,7 @@ def main():
   except ImportError:
     print('onnxruntime not installed: skipping the ONNX Runtime forward')
 
-  times = common.interleaved(fns, args.repeats)
+  times = common.interleaved(fns, args.repeats, lead_in=args.lead_in)
   print(f'{len(dets)} detections on both sides')
   print(common.report(times, 'biubug6 end to end'))
   med = {k: np.median(v) for k, v in times.items()}
