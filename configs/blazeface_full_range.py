@@ -6,17 +6,9 @@
     python train.py --config configs/blazeface_full_range.py:demo --workdir runs/blazeface_full_range_demo   # synthetic, no download
     python evaluate.py --ckpt runs/blazeface_full_range_demo
 """
-import importlib.util
-import os
-
-
-def _base():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'blazeface_base.py')
-  spec = importlib.util.spec_from_file_location('blazeface_base_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from jaxface.training.config_files import sibling
 
 
 def get_config(variant: str = ''):
-  return _base().base_config('blazeface_full_range', variant, 'blazeface_full_range.py', 192)
+  base = sibling(__file__, 'blazeface_base.py')
+  return base.base_config('blazeface_full_range', variant, 'blazeface_full_range.py', 192)

@@ -15,24 +15,17 @@ BatchNorm statistics; here BN statistics are over the whole global batch, on any
 `:demo` trains the ResNet-50 model from scratch on the synthetic faces (slow on a CPU: the
 MobileNet demo is the one to try first).
 """
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _mnet_config(variant: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'retinaface_mnet.py')
-  spec = importlib.util.spec_from_file_location('retinaface_mnet_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+from jaxface.training.config_files import sibling
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   if variant not in ('', 'demo'):
     raise ValueError(f"unknown variant {variant!r} of configs/retinaface_r50.py; known: 'demo'")
-  c = _mnet_config(variant)
+  c = sibling(__file__, 'retinaface_mnet.py').get_config(variant)
   c.arch = 'retinaface_r50'
   c.num_epochs = 100
   if variant == 'demo':

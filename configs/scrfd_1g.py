@@ -4,20 +4,11 @@
         --config.data.wider_root=/data/widerface   # <root>/train/labelv2.txt, train/images/
     python evaluate.py --ckpt runs/scrfd_1g
 """
-import importlib.util
-import os
-
-
-def _base():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scrfd_base.py')
-  spec = importlib.util.spec_from_file_location('scrfd_base_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from jaxface.training.config_files import sibling
 
 
 def get_config(variant: str = ''):
   if variant:
     raise ValueError(f"configs/scrfd_1g.py has no variant {variant!r} (the synthetic demo is scrfd_500m_bnkps.py:demo)")
-  c = _base().base_config('scrfd_1g', variant, 'scrfd_1g.py')
+  c = sibling(__file__, 'scrfd_base.py').base_config('scrfd_1g', variant, 'scrfd_1g.py')
   return c

@@ -6,20 +6,11 @@
     python train.py --config configs/scrfd_500m_bnkps.py:demo --workdir runs/scrfd_demo   # synthetic, no download
     python evaluate.py --ckpt runs/scrfd_demo
 """
-import importlib.util
-import os
-
-
-def _base():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scrfd_base.py')
-  spec = importlib.util.spec_from_file_location('scrfd_base_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from jaxface.training.config_files import sibling
 
 
 def get_config(variant: str = ''):
-  c = _base().base_config('scrfd_500m_bnkps', variant, 'scrfd_500m_bnkps.py')
+  c = sibling(__file__, 'scrfd_base.py').base_config('scrfd_500m_bnkps', variant, 'scrfd_500m_bnkps.py')
   if not variant:
     c.batch_size = 64
   return c

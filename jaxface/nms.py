@@ -2,7 +2,8 @@
 
 Two IoU conventions: the reference's `py_cpu_nms` (`plus_one=True`: widths are `x2 - x1 + 1`,
 as for integer pixel boxes) and plain IoU. Both keep a box when its IoU with every kept,
-higher-scoring box is <= the threshold.
+higher-scoring box is <= the threshold. `iou_matrix` is the all-pairs plain IoU that SSD-style
+matching needs.
 """
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ def iou_one_to_many(box: jax.Array, boxes: jax.Array, plus_one: bool) -> jax.Arr
   h = jnp.maximum(0.0, jnp.minimum(box[3], boxes[:, 3]) - jnp.maximum(box[1], boxes[:, 1]) + one)
   inter = w * h
   return inter / (area(box) + area(boxes) - inter)
+
+
+def iou_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Plain IoU of `[G, 4]` and `[A, 4]` xyxy boxes -> `[G, A]` (0 where a box has no area)."""
+  lt = jnp.maximum(a[:, None, :2], b[None, :, :2])
+  rb = jnp.minimum(a[:, None, 2:], b[None, :, 2:])
+  wh = jnp.maximum(rb - lt, 0.0)
+  inter = wh[..., 0] * wh[..., 1]
+  area = lambda x: jnp.maximum(x[..., 2] - x[..., 0], 0.0) * jnp.maximum(x[..., 3] - x[..., 1], 0.0)
+  union = area(a)[:, None] + area(b)[None, :] - inter
+  return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 
 
 def nms(boxes: jax.Array, scores: jax.Array, candidate: jax.Array, iou_threshold: jax.Array | float,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jaxface import inference
-from jaxface.nms import iou_one_to_many, nms
+from jaxface.nms import iou_matrix, iou_one_to_many, nms
 from jaxface.retinaface import FAMILY, box_coding
 
 
@@ -129,6 +129,26 @@ def test_plain_iou_matches_numpy_greedy(thr):
     assert got == want, f'seed {seed}'
     differ += got != _run_sorted(boxes, scores, candidate, thr, max_output=K, plus_one=True)
   assert differ > 0  # the two conventions are really different programs on these sets
+
+
+def test_iou_matrix_is_the_plain_iou_of_every_pair():
+  rng = np.random.default_rng(5)
+  a = np.sort(rng.uniform(0, 1, (7, 2, 2)), axis=1).transpose(0, 2, 1).reshape(7, 4)[:, [0, 2, 1, 3]]
+  b = np.sort(rng.uniform(0, 1, (9, 2, 2)), axis=1).transpose(0, 2, 1).reshape(9, 4)[:, [0, 2, 1, 3]]
+  a[3] = [0.5, 0.5, 0.5, 0.9]   # no area: IoU 0 with everything, not NaN
+  got = np.asarray(jax.jit(iou_matrix)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+  want = np.zeros((7, 9))
+  for i in range(7):
+    for j in range(9):
+      w = max(0.0, min(a[i, 2], b[j, 2]) - max(a[i, 0], b[j, 0]))
+      h = max(0.0, min(a[i, 3], b[j, 3]) - max(a[i, 1], b[j, 1]))
+      union = (a[i, 2] - a[i, 0]) * (a[i, 3] - a[i, 1]) + (b[j, 2] - b[j, 0]) * (b[j, 3] - b[j, 1]) - w * h
+      want[i, j] = w * h / union if union > 0 else 0.0
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  assert (want > 0.05).any() and not got[3].any()
+  # Each row's entries equal the one-to-many form's.
+  np.testing.assert_allclose(got[0], np.asarray(iou_one_to_many(jnp.asarray(a[0], jnp.float32),
+                                                                jnp.asarray(b, jnp.float32), False)), atol=1e-6)
 
 
 def test_truncation_keeps_the_first_m():

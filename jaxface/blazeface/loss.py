@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface.blazeface import box_coding, matching, outputs
+from jaxface.losses import bce_with_logits, smooth_l1
 
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 VARIANCE_CENTRE, VARIANCE_SIZE = 0.1, 0.2
@@ -35,15 +36,10 @@ BOX_WEIGHT = 2.0
 TRAINED_KEYPOINTS = np.array([1, 1, 1, 1, 0, 0], bool)  # right eye, left eye, nose, mouth; not the ears
 
 
-def smooth_l1(x: jax.Array, beta: float = 1.0) -> jax.Array:
-  a = jnp.abs(x)
-  return jnp.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta)
-
-
 def focal_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
   """Elementwise sigmoid focal loss of logits against 0/1 targets."""
   p = jax.nn.sigmoid(logits)
-  ce = jnp.maximum(logits, 0.0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  ce = bce_with_logits(logits, target)
   p_t = p * target + (1 - p) * (1 - target)
   return ce * (1 - p_t) ** FOCAL_GAMMA * (FOCAL_ALPHA * target + (1 - FOCAL_ALPHA) * (1 - target))
 

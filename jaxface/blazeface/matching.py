@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface import nms
+
 POS_IOU = 0.5
 
 
@@ -24,17 +26,6 @@ def matching_boxes(table: np.ndarray, sizes: np.ndarray) -> np.ndarray:
   return np.concatenate([centre - sizes / 2, centre + sizes / 2], axis=1).astype(np.float32)
 
 
-def iou_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Plain IoU of `[G, 4]` and `[A, 4]` xyxy boxes -> `[G, A]` (0 where a box has no area)."""
-  lt = jnp.maximum(a[:, None, :2], b[None, :, :2])
-  rb = jnp.minimum(a[:, None, 2:], b[None, :, 2:])
-  wh = jnp.maximum(rb - lt, 0.0)
-  inter = wh[..., 0] * wh[..., 1]
-  area = lambda x: jnp.maximum(x[..., 2] - x[..., 0], 0.0) * jnp.maximum(x[..., 3] - x[..., 1], 0.0)
-  union = area(a)[:, None] + area(b)[None, :] - inter
-  return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
-
-
 def match(boxes: np.ndarray, gt_boxes: jax.Array, gt_valid: jax.Array) -> jax.Array:
   """One image: `boxes [A, 4]` matching anchors (static), `gt_boxes [G, 4]` normalised xyxy,
   `gt_valid [G]` -> `assigned [A]` int32, the face of each positive anchor, -1 for background.
@@ -42,7 +33,7 @@ def match(boxes: np.ndarray, gt_boxes: jax.Array, gt_valid: jax.Array) -> jax.Ar
   An anchor that is several faces' best goes to the one it overlaps most (then the lower row);
   forced anchors override the IoU rule."""
   num_anchors, num_gt = boxes.shape[0], gt_boxes.shape[0]
-  iou = jnp.where(gt_valid[:, None], iou_matrix(gt_boxes.astype(jnp.float32), jnp.asarray(boxes)), -1.0)  # [G, A]
+  iou = jnp.where(gt_valid[:, None], nms.iou_matrix(gt_boxes.astype(jnp.float32), jnp.asarray(boxes)), -1.0)  # [G, A]
   best_iou, best_gt = jnp.max(iou, axis=0), jnp.argmax(iou, axis=0).astype(jnp.int32)      # per anchor
   assigned = jnp.where(best_iou >= POS_IOU, best_gt, -1)
   own = jnp.argmax(iou, axis=1)                                                                # [G] best anchor

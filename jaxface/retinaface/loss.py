@@ -34,14 +34,9 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxface.losses import smooth_l1
 from jaxface.retinaface import anchors, box_coding
 from jaxface.retinaface import matching
-
-
-def smooth_l1(x: jax.Array) -> jax.Array:
-  """Elementwise smooth-L1 with beta 1 (torch's `smooth_l1_loss` before reduction)."""
-  a = jnp.abs(x)
-  return jnp.where(a < 1.0, 0.5 * x * x, a - 0.5)
 
 
 def _order_keys(x: jax.Array) -> jax.Array:

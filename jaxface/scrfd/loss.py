@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface.losses import bce_with_logits, smooth_l1
 from jaxface.scrfd import anchors, box_coding
 from jaxface.scrfd.atss import aligned_iou, atss_assign
 
@@ -56,16 +57,6 @@ def diou(pred: jax.Array, target: jax.Array, eps: float = DIOU_EPS) -> jax.Array
   rho2 = (((target[..., 0] + target[..., 2]) - (pred[..., 0] + pred[..., 2])) ** 2
           + ((target[..., 1] + target[..., 3]) - (pred[..., 1] + pred[..., 3])) ** 2) / 4
   return 1.0 - (ious - rho2 / c2)
-
-
-def smooth_l1(x: jax.Array, beta: float) -> jax.Array:
-  a = jnp.abs(x)
-  return jnp.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta)
-
-
-def bce_with_logits(x: jax.Array, target: jax.Array) -> jax.Array:
-  """torch's `binary_cross_entropy_with_logits`, elementwise: `max(x, 0) - x t + log(1 + exp(-|x|))`."""
-  return jnp.maximum(x, 0.0) - x * target + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
 def image_loss_terms(logits, distances, kps, anchor_boxes, strides, num_level_anchors, gt_boxes, gt_valid,
