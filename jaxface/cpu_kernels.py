@@ -22,7 +22,7 @@ environment has `JAXFACE_CPU_KERNELS=0` (read once, at import, so that every pro
 resolves None alike).
 
 `compiler_options` holds the XLA:CPU options jaxface's compiled programs are built with (YNNPACK's
-fusions off, measured faster on every family's shapes; BENCHMARKS.md, "XLA:CPU's YNNPACK fusions").
+fusions off, measured faster on every family's shapes; BENCHMARKS.md, "XLA:CPU's options, measured").
 """
 from __future__ import annotations
 
