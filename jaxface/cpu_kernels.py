@@ -23,6 +23,7 @@ resolves None alike).
 
 `compiler_options` holds the XLA:CPU options jaxface's compiled programs are built with (YNNPACK's
 fusions off, measured faster on every family's shapes; BENCHMARKS.md, "XLA:CPU's options, measured").
+`forward_chunk` is how many images of an inference batch one step of a compiled loop runs on the CPU.
 """
 from __future__ import annotations
 
@@ -83,6 +84,27 @@ def compiler_options() -> dict[str, str]:
   if jax.default_backend() != 'cpu' or os.environ.get(YNN_ENV_VAR, '').strip() == '1':
     return {}
   return dict(_NO_YNN) if _xla_knows(tuple(_NO_YNN.items())) else {}
+
+
+# Inference on the CPU runs a batch through the network in a compiled loop over chunks of about this
+# many input pixels: per image, XLA:CPU's batched forward gets slower as the batch grows (a layer's
+# maps for the whole batch outgrow the caches). Measured on the AMD EPYC VM, ms per image at batch 64
+# (8 for SCRFD), one program over the whole batch against chunks of k: BlazeFace front 1.17 against
+# 0.46 (k=4), full range 4.34 against 2.55-2.98 (k=4), SCRFD 10g 103 against 91 and 500m 15.4
+# against 11.0 (k=1) (BENCHMARKS.md, "Batches on the CPU").
+CHUNK_PIXELS = 1 << 17
+
+
+def forward_chunk(batch: int, height: int, width: int) -> int:
+  """Images per loop step for an inference batch `[batch, height, width, 3]`: the power of two
+  nearest `CHUNK_PIXELS / (height * width)` that divides `batch` (the whole batch off the CPU)."""
+  if jax.default_backend() != 'cpu':
+    return batch
+  k = 2 ** max(0, round(np.log2(CHUNK_PIXELS / (height * width))))
+  k = min(k, batch)
+  while batch % k:
+    k //= 2
+  return k
 
 
 def lowers(kernel_shape: Sequence[int], padding, groups: int) -> bool:

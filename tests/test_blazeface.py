@@ -285,6 +285,25 @@ def test_one_program_per_batch_shape(real):
   assert len(det.compiled_shapes) - before <= 1
 
 
+def test_a_batch_runs_in_chunks_on_the_cpu_and_equals_single_images(real):
+  """18 photos in one batch of 32: on the CPU the forward loops over chunks of 8 (`forward_chunk`);
+  every image's faces equal its own single-image detection."""
+  from jaxface import cpu_kernels
+  if jax.default_backend() == 'cpu':
+    assert cpu_kernels.forward_chunk(32, 128, 128) == 8
+  det = load_detector(weights_path('blazeface_front'), 'blazeface_front', batch_size=32)
+  imgs = [cv2.resize(image(n), (90 + 7 * i, 110)) for i, n in enumerate(('1face.png', '3faces.png', '4faces.png') * 6)]
+  got = det.detect_batch(imgs, conf_threshold=0.6)
+  assert [s[0] for s in det.compiled_shapes] == [32]
+  single = real['blazeface_front'][1]
+  for img, faces in zip(imgs, got):
+    want = single.detect(img, conf_threshold=0.6)
+    assert len(faces) == len(want)
+    np.testing.assert_allclose(faces.boxes, want.boxes, atol=1e-3)
+    np.testing.assert_allclose(faces.scores, want.scores, atol=1e-5)
+  assert sum(len(f) for f in got) >= 6
+
+
 def test_cli_draws_six_keypoints(tmp_path):
   out = tmp_path / 'out.jsonl'
   code = detect.main(['--weights', weights_path('blazeface_front'), '--arch', 'blazeface_front', '--json', str(out),
