@@ -132,9 +132,9 @@ def train(config, workdir: str, *, family: Family | None = None,
                                      process_count=jax.process_count())
   augment = functools.partial(family.training.augment, min_face=config.data.min_face)
   val = datasets.val_set(config.data, family) if (config.eval_every_steps and is_main) else None
-  # The periodic evaluation's test protocol: the family's own, or the config's `eval_protocol`
-  # (BlazeFace's recipe scores with MediaPipe's: at conf 0.02 hollance's mean cluster score would be
-  # dragged down by every low-scoring member); `evaluate.py --ckpt` reads it from jaxface.json.
+  # The periodic evaluation's test protocol: the family's own, or the config's `eval_protocol` (a
+  # recipe may score with another protocol of its family; its config says why); `evaluate.py --ckpt`
+  # reads it from jaxface.json.
   eval_protocol = config.get('eval_protocol', '') or None
   eval_family = families.family_of(config.arch, eval_protocol) if eval_protocol else family
   evaluator = _Evaluator(eval_family, config.arch, val) if val is not None else None

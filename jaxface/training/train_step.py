@@ -38,8 +38,8 @@ def sgd(learning_rate: optax.Schedule | float, *, momentum: float = 0.9, weight_
         clip_norm: float = 0.0) -> optax.GradientTransformation:
   """The reference's `torch.optim.SGD(lr, momentum=0.9, weight_decay=5e-4)`: decay on *all*
   parameters (BN and biases too) added to the gradient before momentum, as torch does.
-  `clip_norm` > 0 first scales the gradient down to that global norm (`clip_grad_norm_`); the
-  RetinaFace and SCRFD recipes do not clip, BlazeFace's (no normalisation layers) does."""
+  `clip_norm` > 0 first scales the gradient down to that global norm (`clip_grad_norm_`), which a
+  recipe for a network without normalisation layers may want (the config's `grad_clip_norm`)."""
   steps = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
   return optax.chain(*steps, optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
 
@@ -48,7 +48,7 @@ def step_decay(base_lr: float, steps_per_epoch: int, decay_epochs: tuple[int, ..
                warmup_epochs: float = 0.0, warmup_steps: int = 0, warmup_ratio: float = 0.0) -> optax.Schedule:
   """`base_lr * gamma ** (number of decay epochs passed)`, optionally after a linear warmup from
   `warmup_ratio * base_lr` over `warmup_steps` (or `warmup_epochs`, when no steps are given): mmcv's
-  `warmup='linear'` (SCRFD: 1500 iterations from 0.001). RetinaFace's reference has none."""
+  `warmup='linear'` (e.g. 1500 iterations from 0.001; each config says)."""
   boundaries = {int(e * steps_per_epoch): gamma for e in decay_epochs}
   decay = optax.piecewise_constant_schedule(base_lr, boundaries)
   warm = warmup_steps if warmup_steps > 0 else int(warmup_epochs * steps_per_epoch)
@@ -86,7 +86,7 @@ def init_state(tx: optax.GradientTransformation, variables: Mapping[str, Any]) -
   # One program: eagerly, the optimizer's zeros would compile once per parameter shape.
   opt_state = jax.jit(tx.init)(variables['params'])
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                    batch_stats=variables.get('batch_stats', {}), opt_state=opt_state)  # {}: no BN (BlazeFace)
+                    batch_stats=variables.get('batch_stats', {}), opt_state=opt_state)  # {}: a model without BN
 
 
 def loss_fn_for(family, spec, **hyper) -> LossFn:
