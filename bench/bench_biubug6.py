@@ -27,7 +27,6 @@ import argparse
 import collections
 import contextlib
 import functools
-import io
 import os
 import subprocess
 import sys
@@ -188,17 +187,9 @@ def main():
       'biubug6 forward (eager torch)': lambda: net(x_torch),
       'jaxface forward': lambda: jax.block_until_ready(forward(det.variables, x_dev, sizes_dev)),
   }
-  try:
-    import onnxruntime as ort
-    buf = io.BytesIO()
-    torch.onnx.export(net, (x_torch,), buf, input_names=['input0'], dynamo=False)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    sess = ort.InferenceSession(buf.getvalue(), so, providers=['CPUExecutionProvider'])
-    x_np = x_torch.numpy()
-    fns['onnxruntime forward'] = lambda: sess.run(None, {'input0': x_np})
-  except ImportError:
-    print('onnxruntime not installed: skipping the ONNX Runtime forward')
+  ort_forward = common.onnxruntime_forward(net, x_torch, args.threads)
+  if ort_forward is not None:
+    fns['onnxruntime forward'] = ort_forward
 
   times = common.interleaved(fns, args.repeats, lead_in=args.lead_in)
   print(f'{len(dets)} detections on both sides')

@@ -13,7 +13,6 @@ biubug6's own code instead of this re-statement.
 from __future__ import annotations
 
 import argparse
-import io
 import time
 
 import common  # noqa: F401  (sets sys.path)
@@ -67,17 +66,9 @@ def main():
       'reference forward (eager torch)': torch_forward,
       'jaxface forward': lambda: jax.block_until_ready(forward(det.variables, x_dev, sizes_dev)),
   }
-  try:
-    import onnxruntime as ort
-    buf = io.BytesIO()
-    torch.onnx.export(model, (x_torch,), buf, input_names=['input0'], dynamo=False)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    sess = ort.InferenceSession(buf.getvalue(), so, providers=['CPUExecutionProvider'])
-    x_np = x_torch.numpy()
-    fns['onnxruntime forward'] = lambda: sess.run(None, {'input0': x_np})
-  except ImportError:
-    print('onnxruntime not installed: skipping the ONNX Runtime forward')
+  ort_forward = common.onnxruntime_forward(model, x_torch, args.threads)
+  if ort_forward is not None:
+    fns['onnxruntime forward'] = ort_forward
 
   # Same detections, or the timing means nothing.
   boxes, scores, _ = ref.reference_detect(model, img, **ref_kw)

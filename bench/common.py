@@ -67,3 +67,22 @@ def machine() -> str:
   return (f'{platform.node()} | {os.cpu_count()} cores | {platform.processor() or platform.machine()} | '
           f'python {platform.python_version()} | jax {jax.__version__} ({jax.default_backend()}) | '
           f'{malloc} (THP {huge_pages.thp_mode()})')
+
+
+def onnxruntime_forward(model, x, threads: int):
+  """`model` (torch) exported to ONNX and run by ONNX Runtime on `x`, as a no-argument callable; None
+  (with a note) when onnxruntime is not installed."""
+  try:
+    import onnxruntime as ort
+  except ImportError:
+    print('onnxruntime not installed: skipping the ONNX Runtime forward')
+    return None
+  import io
+  import torch
+  buf = io.BytesIO()
+  torch.onnx.export(model, (x,), buf, input_names=['input0'], dynamo=False)
+  so = ort.SessionOptions()
+  so.intra_op_num_threads = threads
+  sess = ort.InferenceSession(buf.getvalue(), so, providers=['CPUExecutionProvider'])
+  x_np = x.numpy()
+  return lambda: sess.run(None, {'input0': x_np})

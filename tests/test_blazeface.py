@@ -87,9 +87,10 @@ def test_decode_equals_the_reference_and_encode_inverts_it():
                                          ('blazeface_full_range', 514_069), ('blazeface_full_range_sparse', 508_308)])
 def test_parameter_counts_are_the_released_ones(arch, params):
   spec = blazeface.SPECS[arch]
-  shapes = jax.eval_shape(blazeface.BlazeFace(spec).init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1, spec.input_size, spec.input_size, 3), jnp.float32))
-  assert sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(shapes)) == params
+  for cpu_kernels in (None, True, False):  # either path builds the same network
+    shapes = jax.eval_shape(blazeface.BlazeFace(spec, cpu_kernels=cpu_kernels).init, jax.random.PRNGKey(0),
+                            jax.ShapeDtypeStruct((1, spec.input_size, spec.input_size, 3), jnp.float32))
+    assert sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(shapes)) == params, cpu_kernels
   if arch in BACK:  # hollance never ported the full-range model: its count is the .tflite file's
     assert sum(p.numel() for p in ref.BlazeFaceRef(BACK[arch]).parameters()) == params
 

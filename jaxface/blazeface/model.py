@@ -186,15 +186,21 @@ class Bottleneck(nn.Module):
 
 
 class FullRangeBackbone(nn.Module):
-  """`Sequential(stem 3x3 s2, ReLU, Bottleneck x 15)` named `0`, -, `2..16`; returns every block's output."""
+  """`Sequential(stem 3x3 s2, ReLU, block x 15)` named `0`, -, `2..16`; returns every block's output.
+  Dense: `Bottleneck`s, the stem padded right and bottom (TF 'SAME'); `sparse`: `SparseBlock`s of
+  `SPARSE_BACKBONE`, the stem padded 1 on every side."""
+  sparse: bool = False
   cpu_kernels: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> list[jax.Array]:
-    x = jax.nn.relu(Conv(32, 3, 2, ((0, 1), (0, 1)), use_bias=True, cpu_kernels=self.cpu_kernels, name='0')(x))
+    stem_padding = 1 if self.sparse else ((0, 1), (0, 1))
+    x = jax.nn.relu(Conv(32, 3, 2, stem_padding, use_bias=True, cpu_kernels=self.cpu_kernels, name='0')(x))
+    table = SPARSE_BACKBONE if self.sparse else tuple((mid, out, s) for _, mid, out, s in FULL_RANGE_BACKBONE)
+    block = SparseBlock if self.sparse else Bottleneck
     outs = []
-    for i, (_, mid, features, stride) in enumerate(FULL_RANGE_BACKBONE):
-      x = Bottleneck(mid, features, stride, self.cpu_kernels, name=str(i + 2))(x)
+    for i, (mid, features, stride) in enumerate(table):
+      x = block(mid, features, stride, self.cpu_kernels, name=str(i + 2))(x)
       outs.append(x)
     return outs
 
@@ -211,20 +217,6 @@ class SparseBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     h = BottleneckConvs(self.mid, self.features, self.stride, self.cpu_kernels, pad_both=True, name='convs')(x)
     return jax.nn.relu(h + x if self.stride == 1 else h)
-
-
-class SparseBackbone(nn.Module):
-  """`Sequential(stem 3x3 s2 padded 1, ReLU, SparseBlock x 15)` named `0`, -, `2..16`; every block's output."""
-  cpu_kernels: bool | None = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> list[jax.Array]:
-    x = jax.nn.relu(Conv(32, 3, 2, 1, use_bias=True, cpu_kernels=self.cpu_kernels, name='0')(x))
-    outs = []
-    for i, (mid, features, stride) in enumerate(SPARSE_BACKBONE):
-      x = SparseBlock(mid, features, stride, self.cpu_kernels, name=str(i + 2))(x)
-      outs.append(x)
-    return outs
 
 
 class TopDown(nn.Module):
@@ -270,7 +262,8 @@ class FullRange(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x = TopDownPath(self.cpu_kernels, name='top_down')(FullRangeBackbone(self.cpu_kernels, name='backbone')(x))
+    feats = FullRangeBackbone(cpu_kernels=self.cpu_kernels, name='backbone')(x)
+    x = TopDownPath(cpu_kernels=self.cpu_kernels, name='top_down')(feats)
     n = x.shape[0]
     head = lambda features, name: Conv(
         features, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels, name=name,
@@ -314,7 +307,8 @@ class FullRangeSparse(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x = TopDownPath(True, self.cpu_kernels, name='top_down')(SparseBackbone(self.cpu_kernels, name='backbone')(x))
+    feats = FullRangeBackbone(sparse=True, cpu_kernels=self.cpu_kernels, name='backbone')(x)
+    x = TopDownPath(sparse=True, cpu_kernels=self.cpu_kernels, name='top_down')(feats)
     n = x.shape[0]
     regressors = SparseHead(REGRESSORS, 0.0, self.cpu_kernels, name='regressor')(x)
     logits = SparseHead(1, CLS_PRIOR_BIAS, self.cpu_kernels, name='classifier')(x)
