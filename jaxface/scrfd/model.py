@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.layers import Conv, ConvBN, ConvDW, GroupNorm, bn_act, leaky_relu, torch_bn, upsample_nearest
+from jaxface.layers import Conv, ConvBN, ConvDW, GroupNorm, bn_act, leaky_relu, siblings, torch_bn, upsample_nearest
 from jaxface.scrfd.anchors import ANCHORS_PER_CELL, STRIDES
 
 NUM_KEYPOINTS = 5
@@ -143,7 +143,10 @@ class _Keyed(nn.Module):
     self.children_by_key = [self.make(name=k) for k in self.keys]
 
   def __call__(self, key: str, *args):
-    return self.children_by_key[self.keys.index(key)](*args)
+    return self.child(key)(*args)
+
+  def child(self, key: str) -> nn.Module:
+    return self.children_by_key[self.keys.index(key)]
 
 
 def _avg_pool_ceil(x: jax.Array, k: int) -> jax.Array:
@@ -376,14 +379,13 @@ class SCRFDHead(nn.Module):
     for i, (k, x) in enumerate(zip(keys, feats)):
       x = towers(k, x)
       n = x.shape[0]
-      c = cls(k, x)
+      # The three 3x3 predictors read the same map: `siblings` (one conv with the CPU kernels).
+      c, d, *p = siblings(x, [m.child(k) for m in (cls, reg, kps) if m is not None])
       scores.append((c if logits else jax.nn.sigmoid(c)).reshape(n, -1, 1))
-      d = reg(k, x)
       if scales is not None:
         d = scales(str(i), d)
       boxes.append(d.reshape(n, -1, 4))
-      points.append(kps(k, x).reshape(n, -1, 2 * NUM_KEYPOINTS) if kps is not None
-                    else jnp.zeros((n, boxes[-1].shape[1], 0), d.dtype))
+      points.append(p[0].reshape(n, -1, 2 * NUM_KEYPOINTS) if p else jnp.zeros((n, boxes[-1].shape[1], 0), d.dtype))
     return tuple(jnp.concatenate(o, axis=1) for o in (scores, boxes, points))
 
 
