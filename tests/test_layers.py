@@ -220,6 +220,25 @@ def test_padded_kernels_match_plain_conv(padding, stride, cin, cout, groups):
     _assert_close_scaled(g, g_ref, 2e-6, f'{name} gradient')
 
 
+@pytest.mark.parametrize('padding', [None, ((0, 1), (0, 1))])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_shared_output_is_one_product_of_the_plain_conv(padding, stride):
+  """A stem read by several ops (`shared_output`): one matrix product over the stacked taps, with
+  the plain layer's values and gradients."""
+  x, kernel = _normal((2, 12, 10, 3)), _normal((3, 3, 3, 8), 1)
+  fast = lambda x, w: kernels.conv2d(x, w, stride, 1, padding, shared_output=True)
+  plain = lambda x, w: layers.conv2d(x, w, stride, padding, 1)
+  jaxpr = str(jax.make_jaxpr(fast)(x, kernel))
+  assert jaxpr.count('dot_general') == 1 and 'conv_general_dilated' not in jaxpr
+  y, y_ref = jax.jit(fast)(x, kernel), jax.jit(plain)(x, kernel)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  probe = _normal(y_ref.shape, 2)
+  grads = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(fast, x, kernel, probe)
+  grads_ref = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(plain, x, kernel, probe)
+  for g, g_ref, name in zip(grads, grads_ref, ('input', 'kernel')):
+    _assert_close_scaled(g, g_ref, 2e-6, f'{name} gradient')
+
+
 @pytest.mark.parametrize('shape', [(2, 3, 5, 4), (4, 17, 9, 6), (64, 7)])
 def test_channel_sums_match_sums(shape):
   """One block of rows, several blocks (68 rows: 4 of 17), and a non-image shape (plain sums)."""

@@ -195,7 +195,9 @@ class FullRangeBackbone(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> list[jax.Array]:
     stem_padding = 1 if self.sparse else ((0, 1), (0, 1))
-    x = jax.nn.relu(Conv(32, 3, 2, stem_padding, use_bias=True, cpu_kernels=self.cpu_kernels, name='0')(x))
+    # The stem's output is the first block's input and its shortcut: two readers.
+    x = jax.nn.relu(Conv(32, 3, 2, stem_padding, use_bias=True, cpu_kernels=self.cpu_kernels, shared_output=True,
+                         name='0')(x))
     table = SPARSE_BACKBONE if self.sparse else tuple((mid, out, s) for _, mid, out, s in FULL_RANGE_BACKBONE)
     block = SparseBlock if self.sparse else Bottleneck
     outs = []
