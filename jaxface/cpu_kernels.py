@@ -335,9 +335,30 @@ _pointwise_cpu.defvjp(_saving_inputs(_pointwise), _pointwise_bwd)
 
 
 def shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """The 3x3 depthwise conv `[N,H,W,C] x [3,3,1,C]` as nine multiply-adds of `taps` (on XLA:CPU
-  many times faster than the grouped library conv, bench/bench_layers.py)."""
+  """The 3x3 depthwise conv `[N,H,W,C] x [3,3,1,C]` as nine multiply-adds of shifted views (on
+  XLA:CPU many times faster than the grouped library conv, bench/bench_layers.py): `taps` at
+  stride 2, `_row_pitch_depthwise` at stride 1."""
+  if stride == 1:
+    return _row_pitch_depthwise(x, kernel)
   return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in taps(x, 3, stride))
+
+
+def _row_pitch_depthwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A stride-1 3x3 depthwise conv over the padded map flattened to rows of pitch `W + 2`: tap
+  `(dy, dx)` is the 1-D slice at `dy * pitch + dx`, and each output row carries two wrapped
+  columns that are cut off at the end.
+
+  With `taps`, the centre tap is a slice of the padded copy that covers exactly `x`, which XLA
+  reads from `x` itself, fusing `x`'s producer into the conv: a stem conv's multiply-adds were
+  computed twice (SCRFD-500m's stem + depthwise conv 1.9 -> 1.2 ms at 640 px on an AMD EPYC;
+  BENCHMARKS.md). Here no tap is `x`.
+  """
+  n, h, w, c = x.shape
+  pitch = w + 2
+  flat = jnp.pad(x, ((0, 0), (1, 2), (1, 1), (0, 0))).reshape(n, (h + 3) * pitch, c)
+  y = sum(flat[:, dy * pitch + dx:dy * pitch + dx + h * pitch] * kernel[dy, dx, 0][None, None, :]
+          for dy in range(3) for dx in range(3))
+  return y.reshape(n, h, pitch, c)[:, :, :w]
 
 
 def channel_sums(values: Sequence[jax.Array]) -> list[jax.Array]:
