@@ -578,3 +578,27 @@ def fused_conv_bn(x: jax.Array, blocks: Sequence[ConvBN]) -> list[jax.Array]:
   y = batch_norm_act(y, [(b.norm_1, c, b.slope) for b, c in zip(blocks, sizes)])
   return jnp.split(y, np.cumsum(sizes)[:-1], axis=-1)
 
+
+def _library_max_pool_2x2(x: jax.Array) -> jax.Array:
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """`nn.MaxPool2d(2, 2)` on `[N, H, W, C]` (odd sizes floored) as the maximum of four strided views.
+
+  XLA:CPU runs a reduce-window as a loop of its own that writes the pooled map; the maximum of
+  views is fused into its reader (a block's shortcut add). Gradients: the reduce-window's, which
+  routes each window's gradient to one maximum as PyTorch does (a maximum of views would split it
+  between ties, as ReLU's zeros often are).
+  """
+  h, w = x.shape[1] - x.shape[1] % 2, x.shape[2] - x.shape[2] % 2
+  a, b = jnp.maximum(x[:, 0:h:2, 0:w:2], x[:, 0:h:2, 1:w:2]), jnp.maximum(x[:, 1:h:2, 0:w:2], x[:, 1:h:2, 1:w:2])
+  return jnp.maximum(a, b)
+
+
+def _max_pool_bwd(x, g):
+  return jax.vjp(_library_max_pool_2x2, x)[1](g)
+
+
+max_pool_2x2.defvjp(lambda x: (max_pool_2x2(x), x), _max_pool_bwd)

@@ -239,6 +239,20 @@ def test_shared_output_is_one_product_of_the_plain_conv(padding, stride):
     _assert_close_scaled(g, g_ref, 2e-6, f'{name} gradient')
 
 
+@pytest.mark.parametrize('shape', [(2, 8, 6, 5), (1, 7, 9, 3)])
+def test_max_pool_matches_the_library_pool(shape):
+  """The 2x2 max-pool as a maximum of views: the library pool's values (odd sizes floored) and
+  its gradients, which send a window's gradient to one maximum even where ReLU's zeros tie."""
+  x = jax.nn.relu(_normal(shape))  # about half the values are tied zeros
+  plain = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  assert 'reduce_window' not in str(jax.make_jaxpr(kernels.max_pool_2x2)(x))
+  np.testing.assert_array_equal(kernels.max_pool_2x2(x), plain(x))
+  probe = _normal(plain(x).shape, 1)
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * probe))(x)
+  np.testing.assert_array_equal(grad(kernels.max_pool_2x2), grad(plain))
+  assert np.sum(np.asarray(grad(plain)) != 0) == probe.size  # one gradient per window, ties or not
+
+
 @pytest.mark.parametrize('shape', [(2, 3, 5, 4), (4, 17, 9, 6), (64, 7)])
 def test_channel_sums_match_sums(shape):
   """One block of rows, several blocks (68 rows: 4 of 17), and a non-image shape (plain sums)."""

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxface import cpu_kernels as kernels
 from jaxface.layers import Conv
 
 # (in, out, stride) of each BlazeBlock; the stem conv 3 -> 24 comes first.
@@ -74,8 +75,10 @@ def channel_pad(x: jax.Array, features: int) -> jax.Array:
   return x if extra == 0 else jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, extra),))
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """`nn.MaxPool2d(2, 2)` on `[N, H, W, C]` with even H, W."""
+def max_pool_2x2(x: jax.Array, cpu_kernels: bool | None = None) -> jax.Array:
+  """`nn.MaxPool2d(2, 2)` on `[N, H, W, C]` with even H, W (`cpu_kernels.max_pool_2x2` with the CPU kernels)."""
+  if kernels.enabled(cpu_kernels):
+    return kernels.max_pool_2x2(x)
   return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
 
 
@@ -104,7 +107,7 @@ class BlazeBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = Convs(self.features, self.stride, self.cpu_kernels, name='convs')(x)
-    shortcut = max_pool_2x2(x) if self.stride == 2 else x
+    shortcut = max_pool_2x2(x, self.cpu_kernels) if self.stride == 2 else x
     return jax.nn.relu(h + channel_pad(shortcut, self.features))
 
 
@@ -181,7 +184,7 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = BottleneckConvs(self.mid, self.features, self.stride, self.cpu_kernels, name='convs')(x)
-    shortcut = max_pool_2x2(x) if self.stride == 2 else x
+    shortcut = max_pool_2x2(x, self.cpu_kernels) if self.stride == 2 else x
     return jax.nn.relu(h + channel_pad(shortcut, self.features))
 
 
