@@ -150,7 +150,7 @@ def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = Postpro
     traces.append(images.shape)
     b, h, w, _ = images.shape
     cells = family.anchor_cells(spec, h, w)
-    outputs = apply_batch(model, variables, preprocess(family, images, sizes))
+    outputs = forward_batch(family, model, variables, images, sizes)
     if family.input_size is None:  # padding up to a batch size: the image's own anchors only
       anchor_ok = jax.vmap(lambda s: cells_inside(cells, s[0], s[1]))(sizes)  # [B, A]
     else:  # a fixed letterboxed input: every anchor, as the reference's protocol
@@ -164,14 +164,18 @@ def make_detect_fn(family: Family, model, spec, cfg: PostprocessConfig = Postpro
   return detect
 
 
-def apply_batch(model, variables, x: jax.Array):
-  """`model.apply(variables, x)` for an inference batch `x [B, H, W, 3]`; on the CPU as a compiled
-  loop over chunks of `cpu_kernels.forward_chunk` images (same outputs, faster per image there)."""
-  b = x.shape[0]
-  k = cpu_kernels.forward_chunk(b, x.shape[1], x.shape[2])
+def forward_batch(family: Family, model, variables, images: jax.Array, sizes: jax.Array):
+  """The head outputs for uint8 `images [B, H, W, 3]` of unpadded `sizes [B, 2]`: `preprocess`, then
+  `model.apply`. On the CPU, a compiled loop over chunks of `cpu_kernels.forward_chunk` images,
+  each preprocessed in its step (same outputs, faster per image there: the float input of a whole
+  batch of 640 x 640 images is 39 MB that would be written and read back)."""
+  b = images.shape[0]
+  k = cpu_kernels.forward_chunk(b, images.shape[1], images.shape[2])
+  run = lambda x, s: model.apply(variables, preprocess(family, x, s))
   if k >= b:
-    return model.apply(variables, x)
-  out = jax.lax.map(lambda chunk: model.apply(variables, chunk), x.reshape(b // k, k, *x.shape[1:]))
+    return run(images, sizes)
+  chunks = images.reshape(b // k, k, *images.shape[1:]), sizes.reshape(b // k, k, 2)
+  out = jax.lax.map(lambda chunk: run(*chunk), chunks)
   return jax.tree_util.tree_map(lambda a: a.reshape(b, *a.shape[2:]), out)
 
 
@@ -189,7 +193,7 @@ def preprocess(family: Family, images: jax.Array, sizes: jax.Array) -> jax.Array
 def make_forward_fn(family: Family, model) -> Callable[..., Any]:
   """`forward(variables, images uint8 [B,H,W,3], sizes [B,2]) -> head outputs`, jitted; `sizes`
   are the unpadded image sizes (see `preprocess`)."""
-  return jax.jit(lambda variables, images, sizes: apply_batch(model, variables, preprocess(family, images, sizes)),
+  return jax.jit(lambda variables, images, sizes: forward_batch(family, model, variables, images, sizes),
                  compiler_options=cpu_kernels.compiler_options())
 
 
