@@ -18,8 +18,9 @@ Its constructor loads the ImageNet backbone `model_best.pth.tar` from the workin
 is built inside the checkout; the 2019 checkpoint then replaces every weight (strictly).
 
 Also timed: both forwards alone, and ONNX Runtime running biubug6's network exported to ONNX.
-Each timed call follows `--lead-in` untimed calls of the same contender, so no library is timed
-while the previous one's worker threads still spin (`common.interleaved`).
+Each timed call follows `--lead-in` untimed calls of the same contender (and more until `--lead-in-ms`
+have passed), so no library is timed while the previous one's worker threads still spin
+(`common.interleaved`).
 """
 from __future__ import annotations
 
@@ -121,6 +122,8 @@ def main():
   p.add_argument('--threads', type=int, default=2, help='torch / ONNX Runtime intra-op threads')
   p.add_argument('--lead-in', type=int, default=2,
                  help='untimed calls of a contender before each timed one (common.interleaved)')
+  p.add_argument('--lead-in-ms', type=float, default=60.0,
+                 help='and untimed calls until this long has passed (ONNX Runtime\'s workers spin for 20-40 ms)')
   args = p.parse_args()
   torch.set_num_threads(args.threads)
   torch.set_grad_enabled(False)
@@ -191,7 +194,7 @@ def main():
   if ort_forward is not None:
     fns['onnxruntime forward'] = ort_forward
 
-  times = common.interleaved(fns, args.repeats, lead_in=args.lead_in)
+  times = common.interleaved(fns, args.repeats, lead_in=args.lead_in, lead_in_ms=args.lead_in_ms)
   print(f'{len(dets)} detections on both sides')
   print(common.report(times, 'biubug6 end to end'))
   med = {k: np.median(v) for k, v in times.items()}

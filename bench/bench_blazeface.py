@@ -16,7 +16,8 @@ side in one process:
 
 Batch-1 latency on a photo already at the network's size, then `--batch` photos: jaxface's `detect_batch` (one
 compiled program per batch) against LiteRT's per-image loop and torch's batched forward, as images per second.
-Each timed call follows `--lead-in` untimed calls of the same contender (see `common.interleaved`).
+Each timed call follows `--lead-in` untimed calls of the same contender, and more until `--lead-in-ms`
+have passed (see `common.interleaved`).
 """
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ def main():
   p.add_argument('--threads', type=int, default=2, help='LiteRT / torch threads')
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--lead-in', type=int, default=2)
+  p.add_argument('--lead-in-ms', type=float, default=60.0,
+                 help='and untimed calls until this long has passed (ONNX Runtime\'s workers spin for 20-40 ms)')
   args = p.parse_args()
   torch.set_num_threads(args.threads)
   shared = common.shared_dir()
@@ -111,7 +114,7 @@ def main():
         with torch.no_grad():
           return torch_model(xt)
       fns['torch eager network (hollance)'] = torch_forward
-    times = common.interleaved(fns, args.repeats, lead_in=args.lead_in)
+    times = common.interleaved(fns, args.repeats, lead_in=args.lead_in, lead_in_ms=args.lead_in_ms)
     print(f'\n{name} ({size} px): {len(got)} faces on the timed photo (LiteRT\'s pipeline finds the same count)')
     print(common.report(times, 'LiteRT pipeline (+ numpy pre/post)'))
     med = {k: np.median(v) for k, v in times.items()}
@@ -125,7 +128,7 @@ def main():
         with torch.no_grad():
           return torch_model(xb)
       batch_fns['torch eager network, batched'] = torch_batch
-    batch = common.interleaved(batch_fns, max(3, args.repeats // 5), lead_in=1)
+    batch = common.interleaved(batch_fns, max(3, args.repeats // 5), lead_in=1, lead_in_ms=args.lead_in_ms)
     ips = {k: len(imgs) / np.median(v) for k, v in batch.items()}
     print(f'{args.batch} photos, images/s: ' + ', '.join(f'{k} {v:.0f}' for k, v in ips.items()))
     print(f'jaxface detect_batch / LiteRT loop: {ips["jaxface detect_batch"] / ips["LiteRT pipeline, per-image loop"]:.2f}x '

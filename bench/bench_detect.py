@@ -7,8 +7,8 @@ PyTorch forward, priors generated in Python loops, decode, the Python `py_cpu_nm
 (conf 0.02, top_k 5000, NMS 0.4, keep_top_k 750). jaxface: one compiled program from the uint8
 image to the fixed-size detections. Also times the forwards alone, and ONNX Runtime running the
 same network when `onnxruntime` is installed (the issue's 21 ms yardstick). Each timed call follows
-`--lead-in` untimed calls of the same contender (`common.interleaved`). `bench_biubug6.py` times
-biubug6's own code instead of this re-statement.
+`--lead-in` untimed calls of the same contender, and more until `--lead-in-ms` have passed
+(`common.interleaved`). `bench_biubug6.py` times biubug6's own code instead of this re-statement.
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def main():
   p.add_argument('--threads', type=int, default=2, help='torch / ONNX Runtime intra-op threads')
   p.add_argument('--lead-in', type=int, default=2,
                  help='untimed calls of a contender before each timed one (common.interleaved)')
+  p.add_argument('--lead-in-ms', type=float, default=60.0,
+                 help='and untimed calls until this long has passed (ONNX Runtime\'s workers spin for 20-40 ms)')
   args = p.parse_args()
   torch.set_num_threads(args.threads)
   shared = common.shared_dir()
@@ -75,7 +77,7 @@ def main():
   got = det.detect(img)
   assert len(got) == len(scores) and np.allclose(got.scores, scores, atol=1e-5), 'detections differ'
 
-  times = common.interleaved(fns, args.repeats, lead_in=args.lead_in)
+  times = common.interleaved(fns, args.repeats, lead_in=args.lead_in, lead_in_ms=args.lead_in_ms)
   print(f'{len(scores)} detections; jaxface first call (compile + run) {compile_s:.2f} s')
   print(common.report(times, 'reference end to end'))
   med = {k: np.median(v) for k, v in times.items()}

@@ -15,7 +15,8 @@ pass, so that the post-processing's share stays that of a photo of a crowd):
 
 One photo (crowd.jpg, 1024x624) per call, then a batch of 8 mixed-size photos: jaxface's `detect_batch`
 (every image letterboxed into one 640x640 program) against (b)'s per-image loop, as images per second.
-Each timed call follows `--lead-in` untimed calls of the same contender (see `common.interleaved`).
+Each timed call follows `--lead-in` untimed calls of the same contender, and more until `--lead-in-ms`
+have passed (see `common.interleaved`).
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def main():
   p.add_argument('--conf', type=float, default=0.05)
   p.add_argument('--lead-in', type=int, default=2,
                  help='untimed calls before each timed one, so no library\'s spinning threads overlap the next')
+  p.add_argument('--lead-in-ms', type=float, default=60.0,
+                 help='and untimed calls until this long has passed (ONNX Runtime\'s workers spin for 20-40 ms)')
   args = p.parse_args()
   torch.set_num_threads(args.threads)
   shared = common.shared_dir()
@@ -85,7 +88,7 @@ def main():
         '(a) re-statement, eager torch': lambda: ref.mmdet_detect(img, run_torch, score_thr=conf),
         '(b) insightface: ORT + numpy': lambda: ref.insightface_detect(img, run_onnx),
         'jaxface': lambda: det.detect(img, conf),
-    }, args.repeats, lead_in=args.lead_in)
+    }, args.repeats, lead_in=args.lead_in, lead_in_ms=args.lead_in_ms)
     print(common.report(times, '(a) re-statement, eager torch'))
     med = {k: np.median(v) for k, v in times.items()}
     print(f'jaxface vs (a): {med["(a) re-statement, eager torch"] / med["jaxface"]:.2f}x faster; '
@@ -93,7 +96,7 @@ def main():
     batch = common.interleaved({
         '(b) insightface, per-image loop': lambda: [ref.insightface_detect(x, run_onnx) for x in photos],
         'jaxface detect_batch': lambda: det.detect_batch(photos, conf),
-    }, max(3, args.repeats // 4), lead_in=args.lead_in)
+    }, max(3, args.repeats // 4), lead_in=args.lead_in, lead_in_ms=args.lead_in_ms)
     ips = {k: len(photos) / np.median(v) for k, v in batch.items()}
     print(f'8 mixed photos: (b) {ips["(b) insightface, per-image loop"]:.1f} images/s, jaxface '
           f'{ips["jaxface detect_batch"]:.1f} images/s ({ips["jaxface detect_batch"] / ips["(b) insightface, per-image loop"]:.2f}x)')

@@ -27,13 +27,15 @@ def shared_dir() -> Path:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
-                lead_in: int = 0) -> dict[str, np.ndarray]:
+                lead_in: int = 0, lead_in_ms: float = 0.0) -> dict[str, np.ndarray]:
   """Seconds per call of each function, timed round-robin.
 
-  With `lead_in` > 0, each turn first calls the function `lead_in` times untimed: the previous
-  library's worker threads stop spinning (ONNX Runtime's and OpenMP's spin-wait after each run,
-  which on a 2-core machine takes the cores from whichever library runs next) and the timed call
-  sees its own library warm, as back-to-back calls in deployment do.
+  With `lead_in` > 0, each turn first calls the function `lead_in` times untimed, and more until
+  `lead_in_ms` have passed: the previous library's worker threads stop spinning and the timed
+  call sees its own library warm, as back-to-back calls in deployment do. ONNX Runtime's workers
+  spin-wait for 20-40 ms after each run on these VMs, which on 2 cores takes them from whichever
+  library runs next (jaxface's SCRFD-500m detect: 16.5 ms right after it, 8.6 ms alone), so the
+  benches against it lead in for 60 ms.
   """
   for _ in range(warmup):
     for fn in fns.values():
@@ -41,8 +43,10 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
   times = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
-      for _ in range(lead_in):
+      start, calls = time.perf_counter(), 0
+      while calls < lead_in or (calls and time.perf_counter() - start < lead_in_ms / 1e3):
         fn()
+        calls += 1
       t = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - t)
