@@ -12,6 +12,7 @@ against the plain layer, values and gradients.
   `batch_norm_act`  BN and the LeakyReLU after it as one op (`_bn_act_train`), for channel groups of
                     several BN modules at once
   `fused_conv`, `fused_conv_bn`  sibling convs (and their BNs) that read the same input, as one
+  `max_pool_2x2`    a 2x2 max-pool as the maximum of four views, fused into its reader
 
 Which path runs is a static field of every layer and model, `cpu_kernels: bool | None`, that the
 models pass down in their `conv` and `norm` partials. Being a module field, it is part of the module
