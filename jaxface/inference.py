@@ -88,7 +88,7 @@ def detections_one(idx, scores, ok, outputs, image_hw, scale, offset, decode, nm
 
 
 # Candidate-count tiers of the post-processing (the last is `pre_nms_top_k`).
-NMS_TIERS = (512, 2048)
+NMS_TIERS = (512, 2048, 8192)
 
 
 def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nms_threshold, *, nms_plus_one: bool,

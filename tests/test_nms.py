@@ -402,10 +402,10 @@ def test_select_candidates_compacts_or_falls_back_to_top_k():
   assert np.asarray(inference.select_candidates(scores, ok, 8)).tolist() == list(range(8))
 
 
-@pytest.mark.parametrize('conf, top_k', [(0.3, 5000), (0.05, 5000), (0.3, 1000)],
-                         ids=['2048-tier', '5000-tier', 'top-k-fallback'])
-def test_postprocess_tiers_match_reference(ref, conf, top_k):
-  """Enough candidates to reach every NMS tier (512 / 2048 / pre_nms_top_k) and the top-k path
+@pytest.mark.parametrize('conf, top_k, copies', [(0.3, 5000, 3), (0.05, 5000, 3), (0.3, 1000, 3), (0.5, 20000, 5)],
+                         ids=['2048-tier', '5000-tier', 'top-k-fallback', '8192-tier'])
+def test_postprocess_tiers_match_reference(ref, conf, top_k, copies):
+  """Enough candidates to reach every NMS tier (512 / 2048 / 8192 / pre_nms_top_k) and the top-k path
   (more candidates than pre_nms_top_k), against the reference decode + sort + py_cpu_nms."""
   rng = np.random.default_rng(0)
   h, w = 160, 320  # 2 * (20*40 + 10*20 + 5*10) = 2100 priors
@@ -414,21 +414,22 @@ def test_postprocess_tiers_match_reference(ref, conf, top_k):
   logits = np.stack([np.zeros(a), rng.normal(0, 2, a)], -1).astype(np.float32)
   bbox = rng.normal(0, 1, (a, 4)).astype(np.float32)
   lm = rng.normal(0, 1, (a, 10)).astype(np.float32)
-  tiled = lambda x: np.concatenate([x, x, x])  # 6300 priors: some boxes repeat, scores do not
-  priors3 = np.concatenate([priors, priors, priors])
-  shift = np.array([0.0, 1e-3], np.float32)  # the face column only: a softmax ignores common shifts
-  logits3 = np.concatenate([logits, logits + shift, logits - shift])
+  tiled = lambda x: np.concatenate([x] * copies)  # 6300 or 10500 priors: some boxes repeat, scores do not
+  priors3 = tiled(priors)
+  # The face column only (a softmax ignores common shifts): copy i shifted by +-1e-3 * ceil(i / 2).
+  shifts = [((i + 1) // 2) * (1 if i % 2 else -1) * 1e-3 for i in range(copies)]
+  logits3 = np.concatenate([logits + np.array([0.0, d], np.float32) for d in shifts])
   scores = np.exp(logits3[:, 1]) / (1 + np.exp(logits3[:, 1]))
   cfg = inference.PostprocessConfig(pre_nms_top_k=top_k, max_detections=6300)
   out = jax.jit(functools.partial(postprocess_one, cfg=cfg))(
       jnp.asarray(tiled(bbox)), jnp.asarray(logits3), jnp.asarray(tiled(lm)), jnp.asarray(priors3),
-      jnp.ones(3 * a, bool), jnp.float32(conf), jnp.float32(0.4), jnp.asarray([w, h], jnp.float32))
+      jnp.ones(copies * a, bool), jnp.float32(conf), jnp.float32(0.4), jnp.asarray([w, h], jnp.float32))
   valid = np.asarray(out['valid'])
   # Reference: threshold, sort descending, top_k, py_cpu_nms, on pixel boxes.
-  boxes = np.asarray(ref.decode(bbox, priors)) * np.array([w, h, w, h], np.float32)
-  boxes = np.concatenate([boxes, boxes, boxes])
+  boxes = tiled(np.asarray(ref.decode(bbox, priors)) * np.array([w, h, w, h], np.float32))
   inds = np.where(scores > conf)[0]
-  assert len(inds) > {5000: 2048, 1000: 1000}[top_k], 'the case must reach its tier'
+  assert len(inds) > {5000: 2048, 1000: 1000, 20000: 2048}[top_k], 'the case must reach its tier'
+  assert top_k != 20000 or len(inds) <= 8192, 'the case must stay in the 8192 tier'
   order = inds[np.argsort(-scores[inds], kind='stable')][:top_k]
   dets = np.hstack([boxes[order], scores[order, None]]).astype(np.float32)
   keep = ref.py_cpu_nms(dets, 0.4)
