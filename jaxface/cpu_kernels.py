@@ -584,6 +584,12 @@ def _library_max_pool_2x2(x: jax.Array) -> jax.Array:
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
 
 
+def _max_of_views(x: jax.Array) -> jax.Array:
+  h, w = x.shape[1] - x.shape[1] % 2, x.shape[2] - x.shape[2] % 2
+  a, b = jnp.maximum(x[:, 0:h:2, 0:w:2], x[:, 0:h:2, 1:w:2]), jnp.maximum(x[:, 1:h:2, 0:w:2], x[:, 1:h:2, 1:w:2])
+  return jnp.maximum(a, b)
+
+
 @jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """`nn.MaxPool2d(2, 2)` on `[N, H, W, C]` (odd sizes floored) as the maximum of four strided views.
@@ -593,13 +599,11 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   routes each window's gradient to one maximum as PyTorch does (a maximum of views would split it
   between ties, as ReLU's zeros often are).
   """
-  h, w = x.shape[1] - x.shape[1] % 2, x.shape[2] - x.shape[2] % 2
-  a, b = jnp.maximum(x[:, 0:h:2, 0:w:2], x[:, 0:h:2, 1:w:2]), jnp.maximum(x[:, 1:h:2, 0:w:2], x[:, 1:h:2, 1:w:2])
-  return jnp.maximum(a, b)
+  return _max_of_views(x)
 
 
 def _max_pool_bwd(x, g):
   return jax.vjp(_library_max_pool_2x2, x)[1](g)
 
 
-max_pool_2x2.defvjp(lambda x: (max_pool_2x2(x), x), _max_pool_bwd)
+max_pool_2x2.defvjp(lambda x: (_max_of_views(x), x), _max_pool_bwd)
