@@ -30,8 +30,8 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
                 lead_in: int = 0, lead_in_ms: float = 0.0) -> dict[str, np.ndarray]:
   """Seconds per call of each function, timed round-robin.
 
-  With `lead_in` > 0, each turn first calls the function `lead_in` times untimed, and more until
-  `lead_in_ms` have passed: the previous library's worker threads stop spinning and the timed
+  Each turn first calls the function untimed `lead_in` times and, after those, until `lead_in_ms`
+  have passed: the previous library's worker threads stop spinning and the timed
   call sees its own library warm, as back-to-back calls in deployment do. ONNX Runtime's workers
   spin-wait for 20-40 ms after each run on these VMs, which on 2 cores takes them from whichever
   library runs next (jaxface's SCRFD-500m detect: 16.5 ms right after it, 8.6 ms alone), so the
@@ -44,7 +44,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
   for _ in range(repeats):
     for name, fn in fns.items():
       start, calls = time.perf_counter(), 0
-      while calls < lead_in or (calls and time.perf_counter() - start < lead_in_ms / 1e3):
+      while calls < lead_in or time.perf_counter() - start < lead_in_ms / 1e3:
         fn()
         calls += 1
       t = time.perf_counter()

@@ -181,6 +181,17 @@ def _loss(conv, x, k, probe):
   return jnp.sum(conv(x, k) * probe)
 
 
+def _assert_same_conv(fast, plain, x, kernel):
+  """`fast(x, kernel)` equals `plain(x, kernel)`: values, and the input and kernel gradients."""
+  y, y_ref = jax.jit(fast)(x, kernel), jax.jit(plain)(x, kernel)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  probe = _normal(y_ref.shape, 2)
+  grads = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(fast, x, kernel, probe)
+  grads_ref = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(plain, x, kernel, probe)
+  for g, g_ref, name in zip(grads, grads_ref, ('input', 'kernel')):
+    _assert_close_scaled(g, g_ref, 2e-6, f'{name} gradient')
+
+
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('k,cin,cout,groups,custom', KERNEL_CONVS)
 def test_conv_kernels_match_plain_conv(k, cin, cout, groups, custom, stride):
@@ -191,13 +202,7 @@ def test_conv_kernels_match_plain_conv(k, cin, cout, groups, custom, stride):
   plain = lambda x, w: layers.conv2d(x, w, stride, None, groups)
   jaxpr = str(jax.make_jaxpr(fast)(x, kernel))
   assert set(re.findall(r'custom_vjp_call\[\s*name=(\w+)', jaxpr)) == ({custom} if custom else set())
-  y, y_ref = jax.jit(fast)(x, kernel), jax.jit(plain)(x, kernel)
-  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-  probe = _normal(y_ref.shape, 2)
-  grads = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(fast, x, kernel, probe)
-  grads_ref = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(plain, x, kernel, probe)
-  for g, g_ref, name in zip(grads, grads_ref, ('input', 'kernel')):
-    _assert_close_scaled(g, g_ref, 2e-6, f'{name} gradient')
+  _assert_same_conv(fast, plain, x, kernel)
 
 
 @pytest.mark.parametrize('padding', [((0, 2), (0, 2)), ((0, 1), (0, 1)), ((1, 2), (0, 1))])
@@ -210,14 +215,8 @@ def test_padded_kernels_match_plain_conv(padding, stride, cin, cout, groups):
   assert kernels.lowers(kernel.shape, padding, groups)
   fast = lambda x, w: kernels.conv2d(x, w, stride, groups, padding)
   plain = lambda x, w: layers.conv2d(x, w, stride, padding, groups)
-  y, y_ref = jax.jit(fast)(x, kernel), jax.jit(plain)(x, kernel)
   assert 'conv_general_dilated' not in str(jax.make_jaxpr(fast)(x, kernel))
-  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-  probe = _normal(y_ref.shape, 2)
-  grads = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(fast, x, kernel, probe)
-  grads_ref = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(plain, x, kernel, probe)
-  for g, g_ref, name in zip(grads, grads_ref, ('input', 'kernel')):
-    _assert_close_scaled(g, g_ref, 2e-6, f'{name} gradient')
+  _assert_same_conv(fast, plain, x, kernel)
 
 
 @pytest.mark.parametrize('padding', [None, ((0, 1), (0, 1))])
@@ -230,13 +229,7 @@ def test_shared_output_is_one_product_of_the_plain_conv(padding, stride):
   plain = lambda x, w: layers.conv2d(x, w, stride, padding, 1)
   jaxpr = str(jax.make_jaxpr(fast)(x, kernel))
   assert jaxpr.count('dot_general') == 1 and 'conv_general_dilated' not in jaxpr
-  y, y_ref = jax.jit(fast)(x, kernel), jax.jit(plain)(x, kernel)
-  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-  probe = _normal(y_ref.shape, 2)
-  grads = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(fast, x, kernel, probe)
-  grads_ref = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(plain, x, kernel, probe)
-  for g, g_ref, name in zip(grads, grads_ref, ('input', 'kernel')):
-    _assert_close_scaled(g, g_ref, 2e-6, f'{name} gradient')
+  _assert_same_conv(fast, plain, x, kernel)
 
 
 @pytest.mark.parametrize('shape', [(2, 8, 6, 5), (1, 7, 9, 3)])
