@@ -19,7 +19,7 @@ pass, so that the post-processing's share stays that of a photo of a crowd):
 
 One photo (crowd.jpg, 1024x624) per call, then a batch of 8 mixed-size photos: jaxface's `detect_batch`
 (every image letterboxed into one 640x640 program) against (b)'s per-image loop, as images per second.
-Until 2026-12-05 09:30 UTC the jaxface side ran the mmdet protocol against (b) too, and (b) kept its 0.5:
+Until commit 8fb6825 (2026-12-05) the jaxface side ran the mmdet protocol against (b) too, and (b) kept its 0.5:
 with random weights (b) then kept no face while jaxface ran NMS over 200-700 per photo.
 Each timed call follows `--lead-in` untimed calls of the same contender, and more until `--lead-in-ms`
 have passed (see `common.interleaved`).
