@@ -1,14 +1,14 @@
 """XLA:CPU restatements of `jaxface.layers`' convs and BatchNorm, with hand-written backward passes.
 
 The layers say what PyTorch computes. XLA:CPU runs several of those ops slowly as written: a grouped
-(depthwise) conv, convs over a few channels, the library conv's kernel gradient, autodiff's BatchNorm
+(depthwise) conv, convs over a few channels, a stride-2 conv's input gradient, autodiff's BatchNorm
 backward (BENCHMARKS.md, "Train step"). This module computes the same sums in forms XLA:CPU runs
 fast; the arithmetic is PyTorch's in both, and tests/test_layers.py checks every function here
 against the plain layer, values and gradients.
 
   `conv2d`          a conv with PyTorch's `k//2` padding, lowered per shape: fused multiply-adds, a
-                    matrix product, the library conv with matrix-product kernel gradients, or nine
-                    shifted multiply-adds for a 3x3 depthwise conv
+                    matrix product, the library conv (at stride 2 with a stride-1 input gradient),
+                    or nine shifted multiply-adds for a 3x3 depthwise conv
   `batch_norm_act`  BN and the LeakyReLU after it as one op (`_bn_act_train`), for channel groups of
                     several BN modules at once
   `fused_conv`, `fused_conv_bn`  sibling convs (and their BNs) that read the same input, as one
@@ -131,8 +131,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, pa
     every reader and compute them once per reader;
   * other 1x1s: a matrix product over every `stride`-th pixel (a 1x1 has no padding, so this is
     exact), gradients as 2-D products (`_pointwise_cpu`);
-  * other 3x3s: the library conv, its kernel gradient as matrix products per tap or per kernel row
-    (`_library_conv_tap_grad`); larger kernels (ResNet's 7x7 stem): the library conv;
+  * other convs: the library conv with its own gradients, except a stride-2 3x3's input gradient,
+    which is a stride-1 conv (`_library_conv_stride2`);
   * a 3x3 depthwise conv (`groups` = channels): nine shifted multiply-adds (`_depthwise_cpu`); with
     padding other than 1 all round, the same sum over an explicitly padded copy, differentiated by
     autodiff (`padded_depthwise`).
@@ -149,8 +149,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, pa
     return padded_fma_conv(x, kernel, stride, padding) if padded else _fma_conv_library_grad(x, kernel, stride)
   if k == 1:
     return _pointwise_cpu(x, kernel, stride)
-  if k == 3:
-    return _library_conv_tap_grad(x, kernel, stride)
+  if k == 3 and stride == 2:
+    return _library_conv_stride2(x, kernel)
   return _library_conv(x, kernel, stride)
 
 
@@ -256,53 +256,43 @@ def _fma_bwd(stride, residuals, g):
 _fma_conv_library_grad.defvjp(_saving_inputs(_fma_conv), _fma_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _library_conv_tap_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """The library conv, its kernel gradient as one matrix product per tap (or per kernel row, see
-  `_kernel_grad_row_products`).
+@jax.custom_vjp
+def _library_conv_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The library conv at stride 2 (3x3, padding 1), its input gradient as a stride-1 conv
+  (`_stride2_input_grad`), its kernel gradient the library conv's own."""
+  return _library_conv(x, kernel, 2)
 
-  XLA:CPU computes a conv's filter gradient as a convolution that contracts over the batch
-  with the whole feature map as window, 1-3.6x slower than `k*k` products
-  `taps[N*Ho*Wo, I]^T @ g[N*Ho*Wo, O]` at RetinaFace's shapes (BENCHMARKS.md, "Train step").
+
+def _stride2_input_grad(g: jax.Array, kernel: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """The input gradient `[N, H, W, I]` of a 3x3 stride-2 conv (padding 1) from its output gradient
+  `g [N, Ho, Wo, O]`, as one stride-1 2x2 conv to `4*I` channels and a depth-to-space.
+
+  Input pixel `2i + a` (`a` = 0, 1) takes the gradient of outputs `i + s` through kernel row
+  `a + 1 - 2s` (`s` = 0, 1 where that row exists; likewise for columns), so each of the four
+  pixel phases is a stride-1 conv of `g`; stacked, they are one conv over `g` padded by one at the
+  bottom and right. Autodiff's form is a conv over `g` dilated with zeros (`lhs_dilation` 2), which
+  XLA:CPU runs 2-3x slower (SCRFD-2.5G's 24 -> 48 conv at 160 px, batch 8: 42 against 14 ms).
   """
-  return _library_conv(x, kernel, stride)
+  _, _, cin, cout = kernel.shape
+  n, ho, wo, _ = g.shape
+  zero = jnp.zeros((cout, cin), kernel.dtype)
+  def phase_block(sy: int, sx: int) -> jax.Array:  # [O, 4*I]: phases (a, b) in order 00, 01, 10, 11
+    rows = [(a + 1 - 2 * sy, b + 1 - 2 * sx) for a in (0, 1) for b in (0, 1)]
+    return jnp.concatenate([kernel[r, c].T if 0 <= r < 3 and 0 <= c < 3 else zero for r, c in rows], axis=1)
+  phase_kernel = jnp.stack([jnp.stack([phase_block(sy, sx) for sx in (0, 1)]) for sy in (0, 1)])  # [2, 2, O, 4*I]
+  gp = jnp.pad(g, ((0, 0), (0, 1), (0, 1), (0, 0)))
+  y = jax.lax.conv_general_dilated(gp, phase_kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = y.reshape(n, ho, wo, 2, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * ho, 2 * wo, cin)
+  return y[:, :size[0], :size[1]]
 
 
-def _tap_bwd(stride, residuals, g):
+def _stride2_bwd(residuals, g):
   x, kernel = residuals
-  dx = jax.vjp(lambda x_: _library_conv(x_, kernel, stride), x)[1](g)[0]
-  k, _, cin, cout = kernel.shape
-  if stride == 1 and k == 3 and cin >= 32 and cin * cout <= 64 * 64:
-    return dx, _kernel_grad_row_products(x, g).reshape(kernel.shape)
-  m = g.shape[0] * g.shape[1] * g.shape[2]
-  g = g.reshape(m, g.shape[3])
-  dk = jnp.stack([jnp.dot(t.reshape(m, t.shape[3]).T, g) for _, _, t in taps(x, k, stride)])
-  return dx, dk.reshape(kernel.shape)
+  dk = jax.vjp(lambda k: _library_conv(x, k, 2), kernel)[1](g)[0]
+  return _stride2_input_grad(g, kernel, x.shape[1:3]), dk
 
 
-def _kernel_grad_row_products(x: jax.Array, g: jax.Array) -> jax.Array:
-  """A stride-1 3x3 conv's kernel gradient `[9, I, O]` as three products `[I, L] x [L, 3*O]`.
-
-  For <= 64x64 channels a per-tap product `[I, O]` is too small for XLA:CPU's matmul to split
-  over threads; grouping the three column taps of a kernel row makes it 3x wider, 1.3-1.7x
-  faster at RetinaFace's 64-channel shapes (BENCHMARKS.md, "Train step"). Rows: pixels of the
-  padded input `[N, H+2, W+2, I]`, flattened, and of the output gradient zero-padded at the
-  bottom and right to the same grid. Tap `(dy, dx)` pairs input row `j + dy*(W+2) + dx` with
-  gradient row `j`; gradient rows outside the image are zero, so pairs that wrap into the next
-  row or image add nothing and the sum is exact.
-  """
-  n, h, w, cin = x.shape
-  cout = g.shape[3]
-  rows, pitch = n * (h + 2) * (w + 2), w + 2
-  xf = jnp.pad(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(rows, cin), ((0, 2 * pitch), (0, 0)))
-  gf = jnp.pad(g, ((0, 0), (0, 2), (0, 2), (0, 0))).reshape(rows, cout)
-  ge = jnp.pad(gf, ((2, 0), (0, 0)))
-  g3 = jnp.concatenate([ge[2 - dx:2 - dx + rows] for dx in range(3)], axis=1)  # [L, 3*O]: g3[j, dx] = gf[j - dx]
-  per_row = [jnp.dot(xf[dy * pitch:dy * pitch + rows].T, g3) for dy in range(3)]  # [I, 3*O] each
-  return jnp.stack(per_row).reshape(3, cin, 3, cout).transpose(0, 2, 1, 3).reshape(9, cin, cout)
-
-
-_library_conv_tap_grad.defvjp(_saving_inputs(_library_conv), _tap_bwd)
+_library_conv_stride2.defvjp(lambda x, kernel: (_library_conv(x, kernel, 2), (x, kernel)), _stride2_bwd)
 
 
 def _pointwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -580,14 +570,15 @@ def fused_conv_bn(x: jax.Array, blocks: Sequence[ConvBN]) -> list[jax.Array]:
   return jnp.split(y, np.cumsum(sizes)[:-1], axis=-1)
 
 
-def _library_max_pool_2x2(x: jax.Array) -> jax.Array:
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+def _window_views(x: jax.Array) -> list[jax.Array]:
+  """The four `[N, H//2, W//2, C]` views of the 2x2 windows' pixels, in PyTorch's scan order."""
+  h, w = x.shape[1] - x.shape[1] % 2, x.shape[2] - x.shape[2] % 2
+  return [x[:, a:h:2, b:w:2] for a in (0, 1) for b in (0, 1)]
 
 
 def _max_of_views(x: jax.Array) -> jax.Array:
-  h, w = x.shape[1] - x.shape[1] % 2, x.shape[2] - x.shape[2] % 2
-  a, b = jnp.maximum(x[:, 0:h:2, 0:w:2], x[:, 0:h:2, 1:w:2]), jnp.maximum(x[:, 1:h:2, 0:w:2], x[:, 1:h:2, 1:w:2])
-  return jnp.maximum(a, b)
+  v = _window_views(x)
+  return jnp.maximum(jnp.maximum(v[0], v[1]), jnp.maximum(v[2], v[3]))
 
 
 @jax.custom_vjp
@@ -595,15 +586,27 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """`nn.MaxPool2d(2, 2)` on `[N, H, W, C]` (odd sizes floored) as the maximum of four strided views.
 
   XLA:CPU runs a reduce-window as a loop of its own that writes the pooled map; the maximum of
-  views is fused into its reader (a block's shortcut add). Gradients: the reduce-window's, which
-  routes each window's gradient to one maximum as PyTorch does (a maximum of views would split it
-  between ties, as ReLU's zeros often are).
+  views is fused into its reader (a block's shortcut add). The gradient goes to one maximum per
+  window, the first in scan order, as in PyTorch (a maximum of views would split it between ties,
+  as ReLU's zeros often are), and is written as element-wise selects: XLA:CPU expands the
+  reduce-window's own gradient (a select-and-scatter) into a variadic reduce-window over four
+  int32 index maps, ~200 ms of SCRFD-2.5G's train step at 640 px, batch 8 (BENCHMARKS.md).
   """
   return _max_of_views(x)
 
 
 def _max_pool_bwd(x, g):
-  return jax.vjp(_library_max_pool_2x2, x)[1](g)
+  views = _window_views(x)
+  peak = jnp.maximum(jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3]))
+  taken = jnp.zeros(peak.shape, bool)
+  parts = []
+  for v in views:
+    hit = (v == peak) & ~taken
+    parts.append(jnp.where(hit, g, jnp.zeros_like(g)))
+    taken = taken | hit
+  n, ho, wo, c = g.shape
+  dx = jnp.stack(parts, axis=3).reshape(n, ho, wo, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * ho, 2 * wo, c)
+  return (jnp.pad(dx, ((0, 0), (0, x.shape[1] - 2 * ho), (0, x.shape[2] - 2 * wo), (0, 0))),)
 
 
 max_pool_2x2.defvjp(lambda x: (_max_of_views(x), x), _max_pool_bwd)

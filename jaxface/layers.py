@@ -276,6 +276,13 @@ def siblings(x: jax.Array, blocks: Sequence[Conv] | Sequence[ConvBN]) -> list[ja
   return [b(x) for b in blocks]
 
 
+def max_pool_2x2(x: jax.Array, cpu_kernels: bool | None = None) -> jax.Array:
+  """`nn.MaxPool2d(2, 2)` on `[N, H, W, C]`, odd sizes floored (`cpu_kernels.max_pool_2x2` with the CPU kernels)."""
+  if kernels.enabled(cpu_kernels):
+    return kernels.max_pool_2x2(x)
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
+
 def upsample_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
   """`F.interpolate(x, size, mode='nearest')`: source index `floor(dst * in / out)`.
 

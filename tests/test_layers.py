@@ -169,8 +169,8 @@ KERNEL_CONVS = [
     (3, 3, 8, 1, '_fma_conv_library_grad'),   # the stem: fused mul-adds, the library conv's gradients
     (1, 8, 16, 1, '_fma_conv_library_grad'),  # a 1x1 over <= 8 channels: mul-adds, 2-D product gradients
     (1, 24, 16, 1, '_pointwise_cpu'),         # a 1x1 over more: a matrix product
-    (3, 12, 8, 1, '_library_conv_tap_grad'),  # a 3x3: kernel gradient per tap
-    (3, 32, 16, 1, '_library_conv_tap_grad'),  # 32-64 channels: per kernel row at stride 1
+    (3, 12, 8, 1, {2: '_library_conv_stride2'}),   # a 3x3: the library conv; at stride 2 with a
+    (3, 32, 16, 1, {2: '_library_conv_stride2'}),  # stride-1 input gradient
     (7, 3, 4, 1, None),                       # ResNet's 7x7 stem: the library conv as is
     (3, 8, 8, 8, '_depthwise_cpu'),           # depthwise 3x3: shifted mul-adds
     (3, 16, 16, 16, '_depthwise_cpu'),        # ... whose kernel gradient's rows split into blocks
@@ -201,8 +201,23 @@ def test_conv_kernels_match_plain_conv(k, cin, cout, groups, custom, stride):
   fast = lambda x, w: kernels.conv2d(x, w, stride, groups)
   plain = lambda x, w: layers.conv2d(x, w, stride, None, groups)
   jaxpr = str(jax.make_jaxpr(fast)(x, kernel))
+  custom = custom.get(stride) if isinstance(custom, dict) else custom
   assert set(re.findall(r'custom_vjp_call\[\s*name=(\w+)', jaxpr)) == ({custom} if custom else set())
   _assert_same_conv(fast, plain, x, kernel)
+
+
+@pytest.mark.parametrize('shape', [(2, 11, 14, 12), (1, 8, 5, 16)])
+def test_stride2_input_gradient_is_a_stride1_conv(shape):
+  """A stride-2 3x3's input gradient without autodiff's zero-dilated conv (`lhs_dilation` 2), at
+  odd and even sizes: the plain layer's gradient."""
+  x, kernel = _normal(shape), _normal((3, 3, shape[3], 8), 1)
+  probe = _normal(layers.conv2d(x, kernel, 2, None, 1).shape, 2)
+  grad_x = lambda conv: jax.grad(lambda x: jnp.sum(conv(x, kernel, 2) * probe))
+  fast = grad_x(lambda x, k, s: kernels.conv2d(x, k, s))
+  plain = grad_x(lambda x, k, s: layers.conv2d(x, k, s, None, 1))
+  assert 'lhs_dilation=(2, 2)' in str(jax.make_jaxpr(plain)(x))
+  assert 'lhs_dilation=(2, 2)' not in str(jax.make_jaxpr(fast)(x))
+  _assert_close_scaled(fast(x), plain(x), 2e-6, 'input gradient')
 
 
 @pytest.mark.parametrize('padding', [((0, 2), (0, 2)), ((0, 1), (0, 1)), ((1, 2), (0, 1))])
@@ -241,8 +256,11 @@ def test_max_pool_matches_the_library_pool(shape):
   assert 'reduce_window' not in str(jax.make_jaxpr(kernels.max_pool_2x2)(x))
   np.testing.assert_array_equal(kernels.max_pool_2x2(x), plain(x))
   probe = _normal(plain(x).shape, 1)
-  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * probe))(x)
+  grad_at = lambda pool, x: jax.grad(lambda x: jnp.sum(pool(x) * probe))(x)
+  grad = lambda pool: grad_at(pool, x)
   np.testing.assert_array_equal(grad(kernels.max_pool_2x2), grad(plain))
+  backward = str(jax.make_jaxpr(functools.partial(grad_at, kernels.max_pool_2x2))(x))
+  assert 'select_and_scatter' not in backward and 'reduce_window' not in backward
   assert np.sum(np.asarray(grad(plain)) != 0) == probe.size  # one gradient per window, ties or not
 
 

@@ -78,3 +78,22 @@ def test_loss_falls_on_a_fixed_batch_with_one_compile(batch):
   # BN running statistics moved (train-mode BN updates them).
   moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), state.batch_stats, variables['batch_stats'])
   assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
+
+
+def test_train_steps_compile_with_jaxfaces_cpu_options(batch):
+  """The jit and jit-sharded steps are built with `cpu_kernels.compiler_options()`, as the detection
+  programs are: on the CPU no op lands in a YNNPACK fusion (BENCHMARKS.md: the library conv's
+  kernel gradients ran 1.5-6x slower in them)."""
+  from jaxface import cpu_kernels
+  from jaxface.training import parallel
+  if not cpu_kernels.compiler_options():
+    pytest.skip('not the CPU backend, or an XLA without the YNNPACK fusion option')
+  model = retinaface('retinaface_mnet')
+  tx = ts.sgd(1e-2)
+  state = ts.init_state(tx, ts.init_variables(model, jax.random.PRNGKey(0)))
+  loss_fn = ts.loss_fn_for(FAMILY, model.spec)
+  plain = jax.jit(lambda st, b: ts.guarded_step(st, b, model=model, loss_fn=loss_fn, tx=tx))
+  if '__ynn_fusion' not in plain.lower(state, batch).compile().as_text():
+    pytest.skip('this XLA makes no YNNPACK fusions by default: nothing to turn off')
+  for step in (ts.make_train_step(model, loss_fn, tx), ts.make_sharded_train_step(model, loss_fn, tx, parallel.data_mesh())):
+    assert '__ynn_fusion' not in step.lower(state, batch).compile().as_text()

@@ -17,8 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface import cpu_kernels as kernels
-from jaxface.layers import Conv
+from jaxface.layers import Conv, max_pool_2x2
 
 # (in, out, stride) of each BlazeBlock; the stem conv 3 -> 24 comes first.
 FRONT_BACKBONE1 = ((24, 24, 1), (24, 28, 1), (28, 32, 2), (32, 36, 1), (36, 42, 1), (42, 48, 2),
@@ -73,13 +72,6 @@ def channel_pad(x: jax.Array, features: int) -> jax.Array:
   """Zero channels appended up to `features` (the shortcut of a widening block)."""
   extra = features - x.shape[-1]
   return x if extra == 0 else jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, extra),))
-
-
-def max_pool_2x2(x: jax.Array, cpu_kernels: bool | None = None) -> jax.Array:
-  """`nn.MaxPool2d(2, 2)` on `[N, H, W, C]` with even H, W (`cpu_kernels.max_pool_2x2` with the CPU kernels)."""
-  if kernels.enabled(cpu_kernels):
-    return kernels.max_pool_2x2(x)
-  return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
 
 
 class Convs(nn.Module):

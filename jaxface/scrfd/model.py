@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.layers import Conv, ConvBN, ConvDW, GroupNorm, bn_act, leaky_relu, siblings, torch_bn, upsample_nearest
+from jaxface.layers import (Conv, ConvBN, ConvDW, GroupNorm, bn_act, leaky_relu, max_pool_2x2, siblings, torch_bn,
+                            upsample_nearest)
 from jaxface.scrfd.anchors import ANCHORS_PER_CELL, STRIDES
 
 NUM_KEYPOINTS = 5
@@ -206,13 +207,14 @@ class ResNetV1e(nn.Module):
   spec: ResNetV1eSpec
   conv: Callable[..., nn.Module]
   norm: Callable[..., nn.Module]
+  cpu_kernels: bool | None = None
 
   @nn.compact
   def __call__(self, x):
     spec = self.spec
     half = spec.base_channels // 2
     x = _DeepStem((half, half, spec.base_channels), self.conv, self.norm, name='stem')(x)
-    x = nn.max_pool(x, (2, 2), (2, 2))  # 2x2 stride 2, no padding: floors odd sizes
+    x = max_pool_2x2(x, self.cpu_kernels)  # 2x2 stride 2, no padding: floors odd sizes
     outs = []
     for i, (n, planes) in enumerate(zip(spec.stage_blocks, spec.stage_planes)):
       x = _ResLayer(planes, n, 1 if i == 0 else 2, spec.bottleneck, self.conv, self.norm, name=f'layer{i + 1}')(x)
@@ -404,8 +406,10 @@ class SCRFD(nn.Module):
     spec = self.spec
     conv = functools.partial(Conv, dtype=self.dtype, cpu_kernels=self.cpu_kernels)
     norm = torch_bn(train=train, dtype=self.dtype, axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels)
-    backbone = (MobileNetV1 if isinstance(spec.backbone, MobileNetV1Spec) else ResNetV1e)(
-        spec.backbone, conv, norm, name='backbone')
+    if isinstance(spec.backbone, MobileNetV1Spec):
+      backbone = MobileNetV1(spec.backbone, conv, norm, name='backbone')
+    else:
+      backbone = ResNetV1e(spec.backbone, conv, norm, self.cpu_kernels, name='backbone')
     feats = PAFPN(spec.neck_channels, conv, name='neck')(backbone(images.astype(self.dtype)))
     out = jnp.promote_types(self.dtype, jnp.float32)
     return tuple(o.astype(out) for o in SCRFDHead(spec, conv, norm, name='bbox_head')(feats, logits=train))

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxface import cpu_kernels
+
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]  # (outputs, batch, *, axis_name) -> (loss, metrics)
 
 
@@ -133,8 +135,12 @@ def guarded_step(state: TrainState, batch, *, axis_name: str | None = None, **kw
 
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation):
-  """`guarded_step` jitted for one device, the state donated (updated in place)."""
-  return jax.jit(functools.partial(guarded_step, model=model, loss_fn=loss_fn, tx=tx), donate_argnums=0)
+  """`guarded_step` jitted for one device, the state donated (updated in place). On the CPU it is
+  compiled with `cpu_kernels.compiler_options()`, as the detection programs are: with YNNPACK's
+  fusions, the library conv's kernel gradients ran 1.5-6x slower on SCRFD's ResNet shapes
+  (SCRFD-10G's step 6.1 s against 3.4 s on an AMD EPYC; BENCHMARKS.md)."""
+  return jax.jit(functools.partial(guarded_step, model=model, loss_fn=loss_fn, tx=tx), donate_argnums=0,
+                 compiler_options=cpu_kernels.compiler_options())
 
 
 def make_sharded_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
@@ -155,7 +161,8 @@ def make_sharded_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.Gradien
   replicated = jax.sharding.NamedSharding(mesh, P())
   data = jax.sharding.NamedSharding(mesh, P('data'))
   return jax.jit(functools.partial(guarded_step, model=model, loss_fn=loss_fn, tx=tx),
-                 in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0)
+                 in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0,
+                 compiler_options=cpu_kernels.compiler_options())
 
 
 PMAP_AXIS = 'batch'  # the device axis of `make_pmap_train_step` (BN statistics and loss normalisers)
@@ -164,7 +171,8 @@ PMAP_AXIS = 'batch'  # the device axis of `make_pmap_train_step` (BN statistics 
 def make_pmap_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation):
   """`guarded_step` under `jax.pmap` (axis 'batch'): the state replicated per device (`[D, ...]`,
   placed by `parallel.pmap_replicate(state, PMAP_AXIS)`), the batch reshaped to `[D, B/D, ...]`.
-  `model` must have `bn_axis_name='batch'`. This is what `train.py` runs with `parallel='pmap'`."""
+  `model` must have `bn_axis_name='batch'`. This is what `train.py` runs with `parallel='pmap'`.
+  `jax.pmap` takes no compiler options: on the CPU it compiles with XLA's defaults."""
   if getattr(model, 'bn_axis_name', None) != PMAP_AXIS:
     raise ValueError("make_pmap_train_step needs a model built with bn_axis_name='batch' (synchronised BN)")
   return jax.pmap(functools.partial(guarded_step, model=model, loss_fn=loss_fn, tx=tx, axis_name=PMAP_AXIS),
