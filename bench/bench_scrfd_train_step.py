@@ -15,7 +15,9 @@ momentum 0.9, weight decay 5e-4).
 Both start from the same weights (the torch init through the converter) and take the same batches
 (`pipeline.batches` over the synthetic set with SCRFD's augmentation, built before timing). Before
 timing, the first step's loss is checked equal on both sides with the torch side's assignments
-from the stable per-face re-statement (torch.topk's tie order would move a few of them).
+from the stable per-face re-statement (torch.topk's tie order would move a few of them). The
+process restarts with glibc's huge-page tunable, as `train.py` does (`jaxface.huge_pages`); since
+2026-12-05 11:20 UTC, before that it ran without.
 """
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ import argparse
 import time
 
 import common  # noqa: F401  (sets sys.path)
+from jaxface import huge_pages
+
+if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()  # as train.py does; JAXFACE_HUGE_PAGES=0 to time without
+
 import jax
 import numpy as np
 import torch
