@@ -22,8 +22,9 @@ default backend is the CPU, so GPUs and TPUs run the plain layers, and off every
 environment has `JAXFACE_CPU_KERNELS=0` (read once, at import, so that every program of a process
 resolves None alike).
 
-`compiler_options` holds the XLA:CPU options jaxface's compiled programs are built with (YNNPACK's
-fusions off, measured faster on every family's shapes; BENCHMARKS.md, "XLA:CPU's options, measured").
+`compiler_options` holds the XLA:CPU options jaxface's inference programs are built with (YNNPACK's
+fusions off, measured faster on every family's shapes; BENCHMARKS.md, "XLA:CPU's options, measured"),
+`train_compiler_options` the train steps' (YNNPACK for reductions only).
 `forward_chunk` is how many images of an inference batch one step of a compiled loop runs on the CPU.
 """
 from __future__ import annotations
@@ -78,13 +79,31 @@ def _xla_knows(options: tuple[tuple[str, str], ...]) -> bool:
     return False
 
 
-def compiler_options() -> dict[str, str]:
-  """`jax.jit(..., compiler_options=)` for jaxface's programs: on the CPU backend, YNNPACK's fusions
-  off; nothing on other backends, on an XLA that lacks the option, or with `JAXFACE_XLA_YNN=1`
-  (XLA's own default)."""
+# The train steps keep YNNPACK's reductions (BN statistics, the depthwise kernel gradients' channel
+# sums) and nothing else. Measured on the AMD EPYC VM (ms per step at 640 px, batch 8, huge pages):
+# RetinaFace-mnet 456 against 479 with XLA's default and 578 with no YNNPACK fusions; SCRFD-500m
+# 484 / 535 / 572; SCRFD-2.5G 925 / 1804 / 1009; SCRFD-10G 2503 against 2765 with none. With XLA's
+# default the library conv's kernel gradients ran as YNNPACK fusions, up to 10x slower on SCRFD's
+# thin ResNet stem (BENCHMARKS.md, "The train step's convolutions").
+_YNN_REDUCTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+def _cpu_options(options: dict[str, str]) -> dict[str, str]:
   if jax.default_backend() != 'cpu' or os.environ.get(YNN_ENV_VAR, '').strip() == '1':
     return {}
-  return dict(_NO_YNN) if _xla_knows(tuple(_NO_YNN.items())) else {}
+  return dict(options) if _xla_knows(tuple(options.items())) else {}
+
+
+def compiler_options() -> dict[str, str]:
+  """`jax.jit(..., compiler_options=)` for jaxface's inference programs: on the CPU backend,
+  YNNPACK's fusions off; nothing on other backends, on an XLA that lacks the option, or with
+  `JAXFACE_XLA_YNN=1` (XLA's own default)."""
+  return _cpu_options(_NO_YNN)
+
+
+def train_compiler_options() -> dict[str, str]:
+  """`compiler_options()` for the train steps: YNNPACK for reductions only (same conditions)."""
+  return _cpu_options(_YNN_REDUCTIONS)
 
 
 # Inference on the CPU runs a batch through the network in a compiled loop over chunks of about this

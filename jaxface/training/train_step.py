@@ -136,11 +136,10 @@ def guarded_step(state: TrainState, batch, *, axis_name: str | None = None, **kw
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation):
   """`guarded_step` jitted for one device, the state donated (updated in place). On the CPU it is
-  compiled with `cpu_kernels.compiler_options()`, as the detection programs are: with YNNPACK's
-  fusions, the library conv's kernel gradients ran 1.5-6x slower on SCRFD's ResNet shapes
-  (SCRFD-10G's step 6.1 s against 3.4 s on an AMD EPYC; BENCHMARKS.md)."""
+  compiled with `cpu_kernels.train_compiler_options()`: with all of XLA's YNNPACK fusions, the
+  library conv's kernel gradients ran up to 10x slower on SCRFD's ResNet shapes (BENCHMARKS.md)."""
   return jax.jit(functools.partial(guarded_step, model=model, loss_fn=loss_fn, tx=tx), donate_argnums=0,
-                 compiler_options=cpu_kernels.compiler_options())
+                 compiler_options=cpu_kernels.train_compiler_options())
 
 
 def make_sharded_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
@@ -162,7 +161,7 @@ def make_sharded_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.Gradien
   data = jax.sharding.NamedSharding(mesh, P('data'))
   return jax.jit(functools.partial(guarded_step, model=model, loss_fn=loss_fn, tx=tx),
                  in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0,
-                 compiler_options=cpu_kernels.compiler_options())
+                 compiler_options=cpu_kernels.train_compiler_options())
 
 
 PMAP_AXIS = 'batch'  # the device axis of `make_pmap_train_step` (BN statistics and loss normalisers)
