@@ -423,7 +423,9 @@ def main():
         'jaxface optimizer update': jax_optimizer,
     })
 
-  times = common.interleaved(fns, repeats=args.repeats, warmup=1)
+  # One untimed call before each timed one, as bench_scrfd_train_step does: right after torch's step its
+  # OpenMP workers still spin on both cores (jaxface's step 432-1680 ms without the lead-in, 2026-12-05).
+  times = common.interleaved(fns, repeats=args.repeats, warmup=1, lead_in=1)
   print(common.report(times, 'reference train step'))
   med = {k: float(np.median(v)) for k, v in times.items()}
   ref_ips, jax_ips = args.batch / med['reference train step'], args.batch / med['jaxface train step']
