@@ -454,11 +454,16 @@ def _channels(v, ndim: int):
 
 
 def _batch_stats(x: jax.Array, axis_name: str | None):
-  """Per-channel `(mean, biased var)` in >= float32 from one pass (`channel_sums` of x and x^2),
-  over the devices of `axis_name` too."""
+  """Per-channel `(mean, biased var)` in >= float32 (means of x and x^2), over the devices of
+  `axis_name` too.
+
+  Two plain means, as in the backward: the train steps give each to YNNPACK's reductions
+  (`train_compiler_options`), which read `x` as written. One variadic reduce (`channel_sums`) is
+  an XLA loop that fuses `x`'s producer, often a depthwise conv's nine taps, into the reduction:
+  1.9-3.4x slower at RetinaFace-mnet's shapes (BENCHMARKS.md, "The train step's convolutions")."""
   xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  n = x.size // x.shape[-1]
-  mean, mean_sq = (s / n for s in channel_sums([xf, jax.lax.square(xf)]))
+  axes = tuple(range(x.ndim - 1))
+  mean, mean_sq = jnp.mean(xf, axes), jnp.mean(jax.lax.square(xf), axes)
   if axis_name is not None:
     mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
   return mean, jnp.maximum(mean_sq - mean * mean, 0.0)
