@@ -79,8 +79,8 @@ def _xla_knows(options: tuple[tuple[str, str], ...]) -> bool:
     return False
 
 
-# The train steps keep YNNPACK's reductions (BN statistics, the depthwise kernel gradients' channel
-# sums) and nothing else. Measured on the AMD EPYC VM (ms per step at 640 px, batch 8, huge pages):
+# The train steps keep YNNPACK's reductions (BN's statistics and backward sums, the loss's sums) and
+# nothing else. Measured on the AMD EPYC VM (ms per step at 640 px, batch 8, huge pages):
 # RetinaFace-mnet 456 against 479 with XLA's default and 578 with no YNNPACK fusions; SCRFD-500m
 # 484 / 535 / 572; SCRFD-2.5G 925 / 1804 / 1009; SCRFD-10G 2503 against 2765 with none. With XLA's
 # default the library conv's kernel gradients ran as YNNPACK fusions, up to 10x slower on SCRFD's
