@@ -102,8 +102,9 @@ def compiler_options() -> dict[str, str]:
 
 
 def train_compiler_options() -> dict[str, str]:
-  """`compiler_options()` for the train steps: YNNPACK for reductions only (same conditions)."""
-  return _cpu_options(_YNN_REDUCTIONS)
+  """`compiler_options()` for the train steps: YNNPACK for reductions only (same conditions; an XLA
+  that has the option but not that value gets YNNPACK off, the next best measured)."""
+  return _cpu_options(_YNN_REDUCTIONS) or compiler_options()
 
 
 # Inference on the CPU runs a batch through the network in a compiled loop over chunks of about this
