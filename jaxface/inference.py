@@ -108,8 +108,8 @@ def postprocess(outputs, scores, anchor_ok, image_hw, decode, conf_threshold, nm
     dict of boxes `[B,M,4]` xyxy, scores `[B,M]`, landmarks `[B,M,P,2]`, valid `[B,M]`; rows in
     descending score.
 
-  NMS costs O(K) per kept face over K candidate rows, so the batch takes the smallest tier of
-  K that holds its busiest image's candidates; every tier gives the same result. The tier and
+  The candidates' sort and NMS grow with the K candidate rows, so the batch takes the smallest
+  tier of K that holds its busiest image's candidates; every tier gives the same result. The tier and
   the top-k fallback are decided once per batch, outside `vmap`, so only one branch runs.
   """
   ok = anchor_ok & ((scores >= conf_threshold) if conf_inclusive else (scores > conf_threshold))

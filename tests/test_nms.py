@@ -3,7 +3,9 @@ with RetinaFace's scores and decode against hand-made priors).
 
 NMS is checked against the reference's `py_cpu_nms` (torch re-statement, REFERENCE.md section 1.8) on
 seeded random clustered boxes, and on hand examples for the +1 convention, ties with the threshold,
-masks, truncation, degenerate boxes and retracing.
+masks, truncation, degenerate boxes and retracing; each case for both exact forms (`nms_argmax`, and
+`nms_tiled` with 16-row tiles, so that the 48 rows span three tiles), and the two forms against each
+other on larger sets with ties, chains and duplicates.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from jaxface import inference
-from jaxface.nms import iou_matrix, iou_one_to_many, nms
+from jaxface.nms import iou_matrix, iou_one_to_many, nms, nms_argmax, nms_tiled
 from jaxface.retinaface import FAMILY, box_coding
 
 
@@ -39,10 +41,18 @@ def postprocess_one(bbox, logits, landmarks, priors, prior_ok, conf_threshold, n
 
 K = 48  # boxes per random set: one compiled program for every seed and threshold.
 
-@functools.partial(jax.jit, static_argnames=('max_output', 'plus_one'))
-def _nms(boxes, candidate, thr, max_output, plus_one=True):
+# `tile`: 0 runs `nms_argmax`, else `nms_tiled` with tiles of that many rows.
+FORMS = pytest.mark.parametrize('tile', [0, 16], ids=['argmax', 'tiled'])
+
+
+def _form(tile):
+  return nms_argmax if tile == 0 else functools.partial(nms_tiled, tile=tile)
+
+
+@functools.partial(jax.jit, static_argnames=('max_output', 'plus_one', 'tile'))
+def _nms(boxes, candidate, thr, max_output, plus_one=True, tile=0):
   """NMS on rows already sorted by descending score (scores = -row index)."""
-  return nms(boxes, -jnp.arange(boxes.shape[0], dtype=jnp.float32), candidate, thr, max_output, plus_one)
+  return _form(tile)(boxes, -jnp.arange(boxes.shape[0], dtype=jnp.float32), candidate, thr, max_output, plus_one)
 _iou = jax.jit(iou_one_to_many, static_argnames='plus_one')
 
 
@@ -85,11 +95,11 @@ def _greedy_numpy(boxes, thr, plus_one):
   return keep
 
 
-def _run_sorted(boxes, scores, candidate, thr, max_output, plus_one=True):
+def _run_sorted(boxes, scores, candidate, thr, max_output, plus_one=True, tile=0):
   """Sort by descending score, run jaxface NMS, return kept indices into the unsorted rows."""
   order = np.argsort(-scores, kind='stable')
   keep, valid = _nms(jnp.asarray(boxes[order]), jnp.asarray(candidate[order]), thr, max_output=max_output,
-                     plus_one=plus_one)
+                     plus_one=plus_one, tile=tile)
   keep, valid = np.asarray(keep), np.asarray(valid)
   assert keep.shape == valid.shape == (max_output,) and keep.dtype == np.int32
   n = int(valid.sum())
@@ -99,14 +109,15 @@ def _run_sorted(boxes, scores, candidate, thr, max_output, plus_one=True):
 
 @pytest.mark.parametrize('thr', [0.3, 0.4, 0.5])
 @pytest.mark.parametrize('integer', [False, True], ids=['float', 'integer'])
-def test_matches_py_cpu_nms(ref, thr, integer):
+@FORMS
+def test_matches_py_cpu_nms(ref, thr, integer, tile):
   suppressed = 0
   for seed in range(40):
     boxes, scores, candidate = _clustered_boxes(seed, integer)
     cand = np.flatnonzero(candidate)
     dets = np.concatenate([boxes, scores[:, None]], axis=1)[cand]
     want = [int(cand[i]) for i in ref.py_cpu_nms(dets, thr)]
-    got = _run_sorted(boxes, scores, candidate, thr, max_output=K)
+    got = _run_sorted(boxes, scores, candidate, thr, max_output=K, tile=tile)
     assert got == want, f'seed {seed}'
     # The +1 result is also what the test-only greedy loop gives on sorted candidate rows.
     order = np.argsort(-scores)
@@ -118,16 +129,17 @@ def test_matches_py_cpu_nms(ref, thr, integer):
 
 
 @pytest.mark.parametrize('thr', [0.3, 0.5])
-def test_plain_iou_matches_numpy_greedy(thr):
+@FORMS
+def test_plain_iou_matches_numpy_greedy(thr, tile):
   differ = 0
   for seed in range(20):
     boxes, scores, candidate = _clustered_boxes(seed, integer=False)
     order = np.argsort(-scores)
     order = order[candidate[order]]
     want = [int(order[i]) for i in _greedy_numpy(boxes[order], thr, plus_one=False)]
-    got = _run_sorted(boxes, scores, candidate, thr, max_output=K, plus_one=False)
+    got = _run_sorted(boxes, scores, candidate, thr, max_output=K, plus_one=False, tile=tile)
     assert got == want, f'seed {seed}'
-    differ += got != _run_sorted(boxes, scores, candidate, thr, max_output=K, plus_one=True)
+    differ += got != _run_sorted(boxes, scores, candidate, thr, max_output=K, plus_one=True, tile=tile)
   assert differ > 0  # the two conventions are really different programs on these sets
 
 
@@ -151,34 +163,38 @@ def test_iou_matrix_is_the_plain_iou_of_every_pair():
                                                                 jnp.asarray(b, jnp.float32), False)), atol=1e-6)
 
 
-def test_truncation_keeps_the_first_m():
+@FORMS
+def test_truncation_keeps_the_first_m(tile):
   for seed in range(10):
     boxes, scores, candidate = _clustered_boxes(seed, integer=True)
-    full = _run_sorted(boxes, scores, candidate, 0.4, max_output=K)
+    full = _run_sorted(boxes, scores, candidate, 0.4, max_output=K, tile=tile)
     assert len(full) >= 4
     for m in (1, 3):
-      assert _run_sorted(boxes, scores, candidate, 0.4, max_output=m) == full[:m]
+      assert _run_sorted(boxes, scores, candidate, 0.4, max_output=m, tile=tile) == full[:m]
 
 
-def test_non_candidates_never_kept_and_never_suppress():
+@FORMS
+def test_non_candidates_never_kept_and_never_suppress(tile):
   # Row 0 (top score) is not a candidate: it must neither appear nor suppress row 1 (IoU 1 with it).
   boxes = jnp.asarray([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], jnp.float32)
-  keep, valid = _nms(boxes, jnp.asarray([False, True, True, False]), 0.4, max_output=4)
+  keep, valid = _nms(boxes, jnp.asarray([False, True, True, False]), 0.4, max_output=4, tile=tile)
   assert np.asarray(valid).tolist() == [True, False, False, False]
   assert int(keep[0]) == 1  # row 2 is suppressed by row 1; row 3 is isolated but not a candidate
   for seed in range(10):
     boxes, scores, candidate = _clustered_boxes(seed, integer=False)
-    assert all(candidate[i] for i in _run_sorted(boxes, scores, candidate, 0.5, max_output=K))
+    assert all(candidate[i] for i in _run_sorted(boxes, scores, candidate, 0.5, max_output=K, tile=tile))
 
 
-def test_all_candidates_false_gives_nothing():
+@FORMS
+def test_all_candidates_false_gives_nothing(tile):
   boxes, _, _ = _clustered_boxes(0, integer=False)
-  keep, valid = _nms(jnp.asarray(boxes), jnp.zeros((K,), bool), 0.4, max_output=8)
+  keep, valid = _nms(jnp.asarray(boxes), jnp.zeros((K,), bool), 0.4, max_output=8, tile=tile)
   assert not np.asarray(valid).any()
   assert keep.shape == (8,)
 
 
-def test_plus_one_versus_plain_iou_hand_example(ref):
+@FORMS
+def test_plus_one_versus_plain_iou_hand_example(ref, tile):
   # A = [0, 0, 10, 10], B = [5, 0, 15, 10]:
   #   plain: inter 5 * 10 = 50, union 100 + 100 - 50 = 150 -> IoU 1/3 = 0.3333;
   #   +1:    inter (10 - 5 + 1) * (10 - 0 + 1) = 66, areas 11 * 11 = 121 each, union 242 - 66 = 176
@@ -188,16 +204,17 @@ def test_plus_one_versus_plain_iou_hand_example(ref):
   np.testing.assert_allclose(_iou(boxes[0], boxes, plus_one=False), [1.0, 1 / 3], rtol=1e-6)
   np.testing.assert_allclose(_iou(boxes[0], boxes, plus_one=True), [1.0, 0.375], rtol=1e-6)
   both = jnp.ones((2,), bool)
-  _, valid = _nms(boxes, both, 0.35, max_output=2, plus_one=True)
+  _, valid = _nms(boxes, both, 0.35, max_output=2, plus_one=True, tile=tile)
   assert np.asarray(valid).tolist() == [True, False]
-  _, valid = _nms(boxes, both, 0.35, max_output=2, plus_one=False)
+  _, valid = _nms(boxes, both, 0.35, max_output=2, plus_one=False, tile=tile)
   assert np.asarray(valid).tolist() == [True, True]
   dets = np.asarray([[0, 0, 10, 10, 0.9], [5, 0, 15, 10, 0.8]], np.float32)
   assert ref.py_cpu_nms(dets, 0.35) == [0]
 
 
 @pytest.mark.parametrize('plus_one', [True, False])
-def test_iou_equal_to_threshold_is_kept(plus_one):
+@FORMS
+def test_iou_equal_to_threshold_is_kept(plus_one, tile):
   # +1: A = [0, 0, 9, 9] has area 10 * 10 = 100, B = [0, 0, 9, 4] area 10 * 5 = 50 inside A: IoU = 0.5.
   # plain: A = [0, 0, 10, 10] area 100, B = [0, 0, 10, 5] area 50 inside A: IoU = 0.5.
   # 50 / 100 is exact in float32, so "suppress when IoU > thr" keeps B at thr = 0.5 exactly.
@@ -205,8 +222,8 @@ def test_iou_equal_to_threshold_is_kept(plus_one):
   boxes = jnp.asarray([[0, 0, e, e], [0, 0, e, 4 if plus_one else 5]], jnp.float32)
   assert float(_iou(boxes[0], boxes, plus_one=plus_one)[1]) == 0.5
   both = jnp.ones((2,), bool)
-  assert np.asarray(_nms(boxes, both, 0.5, max_output=2, plus_one=plus_one)[1]).tolist() == [True, True]
-  assert np.asarray(_nms(boxes, both, 0.49, max_output=2, plus_one=plus_one)[1]).tolist() == [True, False]
+  assert np.asarray(_nms(boxes, both, 0.5, max_output=2, plus_one=plus_one, tile=tile)[1]).tolist() == [True, True]
+  assert np.asarray(_nms(boxes, both, 0.49, max_output=2, plus_one=plus_one, tile=tile)[1]).tolist() == [True, False]
 
 
 def test_traced_threshold_does_not_retrace():
@@ -227,7 +244,8 @@ def test_traced_threshold_does_not_retrace():
   assert counts == sorted(counts) and counts[0] < counts[-1]
 
 
-def test_degenerate_zero_area_boxes_plain_iou():
+@FORMS
+def test_degenerate_zero_area_boxes_plain_iou(tile):
   # Under plain IoU a zero-area box has area 0: against a normal box the intersection is 0 and the
   # union the other box's area, so IoU = 0; against another zero-area box it is 0 / 0 = NaN, and
   # `NaN > thr` is False. So degenerate boxes neither suppress nor get suppressed (they are all kept),
@@ -242,12 +260,12 @@ def test_degenerate_zero_area_boxes_plain_iou():
   ], jnp.float32)
   iou = np.asarray(_iou(boxes[1], boxes, plus_one=False))
   assert iou[0] == 0 and np.isnan(iou[2]) and np.isnan(iou[4]) and iou[5] == 0
-  keep, valid = _nms(boxes, jnp.ones((6,), bool), 0.4, max_output=6, plus_one=False)
+  keep, valid = _nms(boxes, jnp.ones((6,), bool), 0.4, max_output=6, plus_one=False, tile=tile)
   n = int(np.asarray(valid).sum())
   assert np.asarray(keep)[:n].tolist() == [0, 1, 2, 4, 5]
   # With +1 a zero-area box is a 1-pixel-wide box: the copy (IoU 1) is suppressed; box 1
   # (1 x 4 px) inside A (11 x 11 px) has IoU 4 / 121 and stays.
-  keep, valid = _nms(boxes, jnp.ones((6,), bool), 0.4, max_output=6, plus_one=True)
+  keep, valid = _nms(boxes, jnp.ones((6,), bool), 0.4, max_output=6, plus_one=True, tile=tile)
   n = int(np.asarray(valid).sum())
   assert np.asarray(keep)[:n].tolist() == [0, 1, 4, 5]
 
@@ -376,16 +394,53 @@ def test_postprocess_nms_suppresses_lower_duplicate():
   np.testing.assert_allclose(out['boxes'][:4], [BOX[2], BOX[0], BOX[7], BOX[4]], atol=1e-4)
 
 
-def test_unsorted_rows_give_the_same_keep_set(ref):
-  """`nms` picks by score, so shuffling the rows changes only the indices, not what is kept."""
+@FORMS
+def test_unsorted_rows_give_the_same_keep_set(ref, tile):
+  """NMS picks by score, so shuffling the rows changes only the indices, not what is kept."""
   for seed in range(10):
     boxes, scores, candidate = _clustered_boxes(seed, integer=False)
-    want = _run_sorted(boxes, scores, candidate, 0.4, max_output=len(boxes))
+    want = _run_sorted(boxes, scores, candidate, 0.4, max_output=len(boxes), tile=tile)
     perm = np.random.default_rng(seed).permutation(len(boxes))
-    keep, valid = nms(jnp.asarray(boxes[perm]), jnp.asarray(scores[perm]), jnp.asarray(candidate[perm]), 0.4,
-                      max_output=len(boxes))
+    keep, valid = _form(tile)(jnp.asarray(boxes[perm]), jnp.asarray(scores[perm]), jnp.asarray(candidate[perm]),
+                              0.4, max_output=len(boxes))
     got = [int(perm[i]) for i in np.asarray(keep)[np.asarray(valid)]]
     assert got == want
+
+
+def _agree(boxes, scores, candidate, thr, max_output, plus_one, tile):
+  """Both forms on the same rows: the same kept rows in the same order."""
+  args = (jnp.asarray(boxes), jnp.asarray(scores), jnp.asarray(candidate), thr, max_output, plus_one)
+  keep_a, valid_a = jax.jit(nms_argmax, static_argnums=(4, 5))(*args)
+  keep_t, valid_t = jax.jit(functools.partial(nms_tiled, tile=tile), static_argnums=(4, 5))(*args)
+  valid_a, valid_t = np.asarray(valid_a), np.asarray(valid_t)
+  assert valid_a.tolist() == valid_t.tolist()
+  assert np.asarray(keep_a)[valid_a].tolist() == np.asarray(keep_t)[valid_t].tolist()
+  return int(valid_a.sum())
+
+
+@pytest.mark.parametrize('tile', [64, 256])
+def test_tiled_equals_argmax_on_large_sets(tile):
+  """600 rows (tiles that do not divide them), with tied scores, candidate masks and truncation;
+  a chain where each box suppresses only the next (the tile's fixed point takes the longest path);
+  identical boxes; and `nms` itself, which takes the tiled form above `ARGMAX_MAX_ROWS` rows."""
+  rng = np.random.default_rng(tile)
+  k = 600
+  for spread in (40.0, 300.0, 900.0):
+    xy = rng.uniform(0, spread, (k, 2))
+    boxes = np.round(np.concatenate([xy, xy + rng.uniform(2, 40, (k, 2))], axis=1)).astype(np.float32)
+    scores = (np.round(rng.uniform(size=k) * 8) / 8).astype(np.float32)  # many ties: row order decides
+    for candidate, thr, m, plus_one in ((rng.uniform(size=k) < 0.7, 0.4, k, True), (np.ones(k, bool), 0.3, k, False),
+                                        (np.ones(k, bool), 0.5, 9, True), (np.zeros(k, bool), 0.4, k, True)):
+      _agree(boxes, scores, candidate, thr, m, plus_one, tile)
+  x = np.arange(k, dtype=np.float32) * 6  # box i overlaps i + 1 (IoU 0.25 plain), not i + 2
+  chain = np.stack([x, np.zeros(k), x + 10, np.full(k, 10)], axis=1).astype(np.float32)
+  assert _agree(chain, -np.arange(k, dtype=np.float32), np.ones(k, bool), 0.2, k, False, tile) == k // 2
+  assert _agree(chain, np.zeros(k, np.float32), np.ones(k, bool), 0.2, k, False, tile) == k // 2
+  same = np.tile(np.float32([[5, 5, 25, 25]]), (k, 1))
+  assert _agree(same, rng.uniform(size=k).astype(np.float32), np.ones(k, bool), 0.5, k, True, tile) == 1
+  keep, valid = jax.jit(nms, static_argnums=(4, 5))(jnp.asarray(chain), -jnp.arange(k, dtype=jnp.float32),
+                                                    jnp.ones(k, bool), 0.2, k, False)
+  assert np.asarray(keep)[np.asarray(valid)].tolist() == list(range(0, k, 2))
 
 
 def test_select_candidates_compacts_or_falls_back_to_top_k():
