@@ -226,7 +226,9 @@ def test_iou_equal_to_threshold_is_kept(plus_one, tile):
   assert np.asarray(_nms(boxes, both, 0.49, max_output=2, plus_one=plus_one, tile=tile)[1]).tolist() == [True, False]
 
 
-def test_traced_threshold_does_not_retrace():
+@FORMS
+def test_traced_threshold_does_not_retrace(tile):
+  chex.clear_trace_counter()  # the counter is per source function, and this test runs once per form
   boxes, scores, candidate = _clustered_boxes(3, integer=False)
   order = np.argsort(-scores)
   boxes, candidate = jnp.asarray(boxes[order]), jnp.asarray(candidate[order])
@@ -234,7 +236,7 @@ def test_traced_threshold_does_not_retrace():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def run(b, c, thr):
-    return nms(b, -jnp.arange(b.shape[0], dtype=jnp.float32), c, thr, max_output=K)
+    return _form(tile)(b, -jnp.arange(b.shape[0], dtype=jnp.float32), c, thr, max_output=K)
 
   counts = []
   for thr in (0.1, 0.3, 0.5, 0.7, 0.9):
