@@ -276,6 +276,15 @@ def _fma_bwd(stride, residuals, g):
 _fma_conv_library_grad.defvjp(_saving_inputs(_fma_conv), _fma_bwd)
 
 
+def depth_to_space(x: jax.Array, block: int) -> jax.Array:
+  """TFLite's DEPTH_TO_SPACE: `[N, H, W, b*b*C] -> [N, bH, bW, C]`, output `(b*h + i, b*w + j, c)` =
+  input `(h, w, (i*b + j)*C + c)`. (Here for the backward passes below; `layers` re-exports it.)"""
+  n, h, w, d = x.shape
+  c = d // (block * block)
+  x = x.reshape(n, h, w, block, block, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h * block, w * block, c)
+
+
 @jax.custom_vjp
 def _library_conv_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The library conv at stride 2 (3x3, padding 1), its input gradient as a stride-1 conv
@@ -294,7 +303,6 @@ def _stride2_input_grad(g: jax.Array, kernel: jax.Array, size: tuple[int, int]) 
   XLA:CPU runs 2-3x slower (SCRFD-2.5G's 24 -> 48 conv at 160 px, batch 8: 42 against 14 ms).
   """
   _, _, cin, cout = kernel.shape
-  n, ho, wo, _ = g.shape
   zero = jnp.zeros((cout, cin), kernel.dtype)
   def phase_block(sy: int, sx: int) -> jax.Array:  # [O, 4*I]: phases (a, b) in order 00, 01, 10, 11
     rows = [(a + 1 - 2 * sy, b + 1 - 2 * sx) for a in (0, 1) for b in (0, 1)]
@@ -302,8 +310,7 @@ def _stride2_input_grad(g: jax.Array, kernel: jax.Array, size: tuple[int, int]) 
   phase_kernel = jnp.stack([jnp.stack([phase_block(sy, sx) for sx in (0, 1)]) for sy in (0, 1)])  # [2, 2, O, 4*I]
   gp = jnp.pad(g, ((0, 0), (0, 1), (0, 1), (0, 0)))
   y = jax.lax.conv_general_dilated(gp, phase_kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  y = y.reshape(n, ho, wo, 2, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * ho, 2 * wo, cin)
-  return y[:, :size[0], :size[1]]
+  return depth_to_space(y, 2)[:, :size[0], :size[1]]
 
 
 def _stride2_bwd(residuals, g):
@@ -621,17 +628,15 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 def _max_pool_bwd(x, g):
-  views = _window_views(x)
-  peak = jnp.maximum(jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3]))
+  peak = _max_of_views(x)
   taken = jnp.zeros(peak.shape, bool)
   parts = []
-  for v in views:
+  for v in _window_views(x):  # the window's pixels in scan order: phases (0, 0), (0, 1), (1, 0), (1, 1)
     hit = (v == peak) & ~taken
     parts.append(jnp.where(hit, g, jnp.zeros_like(g)))
     taken = taken | hit
-  n, ho, wo, c = g.shape
-  dx = jnp.stack(parts, axis=3).reshape(n, ho, wo, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * ho, 2 * wo, c)
-  return (jnp.pad(dx, ((0, 0), (0, x.shape[1] - 2 * ho), (0, x.shape[2] - 2 * wo), (0, 0))),)
+  dx = depth_to_space(jnp.concatenate(parts, axis=-1), 2)
+  return (jnp.pad(dx, ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))),)
 
 
 max_pool_2x2.defvjp(lambda x: (_max_of_views(x), x), _max_pool_bwd)

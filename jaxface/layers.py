@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface import cpu_kernels as kernels
+from jaxface.cpu_kernels import depth_to_space  # noqa: F401  (a layout op the models use too)
 
 Dtype = Any
 # `((top, bottom), (left, right))`; an int p is PyTorch's `padding=p`, None its `padding=k//2`.

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxface.layers import Conv, max_pool_2x2
+from jaxface.layers import Conv, depth_to_space, max_pool_2x2
 
 # (in, out, stride) of each BlazeBlock; the stem conv 3 -> 24 comes first.
 FRONT_BACKBONE1 = ((24, 24, 1), (24, 28, 1), (28, 32, 2), (32, 36, 1), (36, 42, 1), (42, 48, 2),
@@ -266,15 +266,6 @@ class FullRange(nn.Module):
         features, 1, 1, 0, use_bias=True, cpu_kernels=self.cpu_kernels, name=name,
         bias_init=nn.initializers.constant(CLS_PRIOR_BIAS if name == 'classifier' else 0.0))(x)
     return head(REGRESSORS, 'regressor').reshape(n, -1, REGRESSORS), head(1, 'classifier').reshape(n, -1, 1)
-
-
-def depth_to_space(x: jax.Array, block: int) -> jax.Array:
-  """TFLite's DEPTH_TO_SPACE: `[N, H, W, b*b*C] -> [N, bH, bW, C]`, output `(b*h + i, b*w + j, c)` =
-  input `(h, w, (i*b + j)*C + c)`."""
-  n, h, w, d = x.shape
-  c = d // (block * block)
-  x = x.reshape(n, h, w, block, block, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(n, h * block, w * block, c)
 
 
 class SparseHead(nn.Module):
