@@ -139,7 +139,7 @@ def lowers(kernel_shape: Sequence[int], padding, groups: int) -> bool:
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, padding=None, *,
-           shared_output: bool = False) -> jax.Array:
+           shared_output: bool = False, cheap_input: bool = False) -> jax.Array:
   """`layers.conv2d(x, kernel, stride, padding, groups)` for the shapes `lowers` accepts (`padding`
   None: `k//2`; other paddings take the `padded_*` forms, differentiated by autodiff), per shape:
 
@@ -153,7 +153,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, pa
     exact), gradients as 2-D products (`_pointwise_cpu`);
   * other convs: the library conv with its own gradients, except a stride-2 3x3's input gradient,
     which is a stride-1 conv (`_library_conv_stride2`);
-  * a 3x3 depthwise conv (`groups` = channels): nine shifted multiply-adds (`_depthwise_cpu`); with
+  * a 3x3 depthwise conv (`groups` = channels): nine shifted multiply-adds (`_depthwise_cpu`; with
+    `cheap_input`, a narrow one reads `x` itself in its centre tap, see `shifted_depthwise`); with
     padding other than 1 all round, the same sum over an explicitly padded copy, differentiated by
     autodiff (`padded_depthwise`).
 
@@ -162,7 +163,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1, pa
   k, _, cin, _ = kernel.shape
   padded = padding is not None and tuple(map(tuple, padding)) != ((k // 2, k // 2), (k // 2, k // 2))
   if groups > 1:
-    return padded_depthwise(x, kernel, stride, padding) if padded else _depthwise_cpu(x, kernel, stride)
+    return padded_depthwise(x, kernel, stride, padding) if padded else _depthwise_cpu(x, kernel, stride, cheap_input)
   if cin <= MAX_FMA_CHANNELS and k * k * cin <= MAX_FMA_TAPS:
     if shared_output and k > 1:
       return tap_product(x, kernel, stride, padding if padded else ((k // 2, k // 2), (k // 2, k // 2)))
@@ -352,11 +353,20 @@ def _pointwise_bwd(stride, residuals, g):
 _pointwise_cpu.defvjp(_saving_inputs(_pointwise), _pointwise_bwd)
 
 
-def shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+# A stride-1 depthwise conv over this few channels whose input is cheap to recompute runs as `taps`:
+# XLA:CPU's loop over `_row_pitch_depthwise`'s 8-wide rows ran at half the speed (the full-range
+# BlazeFace's 96 x 96 x 8 maps: 282 -> 187 us for 4 images alone, the 64-photo batch 0.87x the time;
+# BENCHMARKS.md, "Narrow depthwise convs"). At 16 and 32 channels the two forms measured the same.
+MAX_DIRECT_TAP_CHANNELS = 8
+
+
+def shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int, cheap_input: bool = False) -> jax.Array:
   """The 3x3 depthwise conv `[N,H,W,C] x [3,3,1,C]` as nine multiply-adds of shifted views (on
   XLA:CPU many times faster than the grouped library conv, bench/bench_layers.py): `taps` at
-  stride 2, `_row_pitch_depthwise` at stride 1."""
-  if stride == 1:
+  stride 2, `_row_pitch_depthwise` at stride 1 unless `cheap_input` and at most
+  `MAX_DIRECT_TAP_CHANNELS` channels (`taps` too: its centre tap is `x`, whose producer XLA then
+  computes again inside this conv, which costs little only when the caller says so)."""
+  if stride == 1 and not (cheap_input and x.shape[-1] <= MAX_DIRECT_TAP_CHANNELS):
     return _row_pitch_depthwise(x, kernel)
   return sum(t * kernel[dy, dx, 0][None, None, None, :] for dy, dx, t in taps(x, 3, stride))
 
@@ -410,14 +420,14 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
   return jnp.stack(channel_sums([t * g for _, _, t in taps(x, 3, stride)])).reshape(3, 3, 1, g.shape[-1])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise_cpu(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_cpu(x: jax.Array, kernel: jax.Array, stride: int, cheap_input: bool = False) -> jax.Array:
   """`shifted_depthwise`, whose backward keeps only `x`, not its nine shifted copies.
 
   Input gradient: `depthwise_input_grad` (the grouped conv's takes 10-100x longer on CPU);
   kernel gradient: `depthwise_kernel_grad`.
   """
-  return shifted_depthwise(x, kernel, stride)
+  return shifted_depthwise(x, kernel, stride, cheap_input)
 
 
 def depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, size: tuple[int, int]) -> jax.Array:
@@ -438,13 +448,18 @@ def depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, size: tup
              for dy in range(3) for dx in range(3))
 
 
-def _dw_bwd(stride, residuals, g):
+def _dw_fwd(x, kernel, stride, cheap_input):
+  return shifted_depthwise(x, kernel, stride, cheap_input), (x, kernel)
+
+
+def _dw_bwd(stride, cheap_input, residuals, g):
+  del cheap_input  # the forward's form only
   x, kernel = residuals
   dx = depthwise_input_grad(g, kernel, stride, x.shape[1:3])
   return dx, depthwise_kernel_grad(x, g, stride).astype(kernel.dtype)
 
 
-_depthwise_cpu.defvjp(_saving_inputs(shifted_depthwise), _dw_bwd)
+_depthwise_cpu.defvjp(_dw_fwd, _dw_bwd)
 
 
 def _activate(z: jax.Array, slope) -> jax.Array:

@@ -75,7 +75,9 @@ class Conv(nn.Module):
   Kernel `[k, k, I/groups, O]` (Flax's layout; the converter transposes torch's `[O, I/groups, k, k]`).
   `padding`: None is PyTorch's `k//2`, an int p its `padding=p`, `((top, bottom), (left, right))`
   anything else. `groups=I` is a depthwise conv. `shared_output` says that several ops read the
-  output (a residual block's input), which the CPU kernels compute once (`cpu_kernels.conv2d`).
+  output (a residual block's input), which the CPU kernels compute once; `cheap_input` that the
+  input is cheap to compute again (a bias and ReLU on a matrix product), which lets a narrow
+  depthwise conv read it directly (`cpu_kernels.conv2d`).
   """
   features: int
   kernel_size: int = 3
@@ -88,6 +90,7 @@ class Conv(nn.Module):
   kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()  # training from scratch only
   bias_init: Callable[..., jax.Array] = nn.initializers.zeros
   shared_output: bool = False
+  cheap_input: bool = False
 
   @nn.compact
   def variables_for(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
@@ -103,7 +106,8 @@ class Conv(nn.Module):
     x = x.astype(self.dtype)
     padding = explicit_padding(self.padding, self.kernel_size)
     if kernels.enabled(self.cpu_kernels) and kernels.lowers(kernel.shape, padding, self.groups):
-      y = kernels.conv2d(x, kernel, self.stride, self.groups, padding, shared_output=self.shared_output)
+      y = kernels.conv2d(x, kernel, self.stride, self.groups, padding, shared_output=self.shared_output,
+                         cheap_input=self.cheap_input)
     else:
       y = conv2d(x, kernel, self.stride, padding, self.groups)
     return y if bias is None else y + _per_channel(bias, y.ndim)

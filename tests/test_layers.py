@@ -247,6 +247,20 @@ def test_shared_output_is_one_product_of_the_plain_conv(padding, stride):
   _assert_same_conv(fast, plain, x, kernel)
 
 
+@pytest.mark.parametrize('channels,direct', [(8, True), (5, True), (12, False)])
+def test_cheap_input_depthwise_matches_plain_conv(channels, direct):
+  """A stride-1 depthwise conv told its input is cheap (`cheap_input`): at <= 8 channels it reads
+  the input itself in the centre tap (no padded row-pitch copy, whose reshape is the other form's
+  mark), wider ones keep the row-pitch form; both with the plain layer's values and gradients."""
+  x, kernel = _normal((2, 11, 14, channels)), _normal((3, 3, 1, channels), 1)
+  fast = lambda x, w: kernels.conv2d(x, w, 1, channels, None, cheap_input=True)
+  plain = lambda x, w: layers.conv2d(x, w, 1, None, channels)
+  jaxpr = str(jax.make_jaxpr(fast)(x, kernel))
+  assert ('reshape' not in jaxpr) == direct
+  assert 'reshape' in str(jax.make_jaxpr(lambda x, w: kernels.conv2d(x, w, 1, channels, None))(x, kernel))
+  _assert_same_conv(fast, plain, x, kernel)
+
+
 @pytest.mark.parametrize('shape', [(2, 8, 6, 5), (1, 7, 9, 3)])
 def test_max_pool_matches_the_library_pool(shape):
   """The 2x2 max-pool as a maximum of views: the library pool's values (odd sizes floored) and

@@ -157,11 +157,12 @@ class BottleneckConvs(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
-    conv = lambda features, kernel, stride, padding, groups, name: Conv(
-        features, kernel, stride, padding, groups=groups, use_bias=True, cpu_kernels=self.cpu_kernels, name=name)
+    conv = lambda features, kernel, stride, padding, groups, name, cheap_input=False: Conv(
+        features, kernel, stride, padding, groups=groups, use_bias=True, cpu_kernels=self.cpu_kernels,
+        cheap_input=cheap_input, name=name)
     h = conv(c, 3, self.stride, 1 if self.stride == 1 or self.pad_both else ((0, 1), (0, 1)), c, '0')(x)
     h = jax.nn.relu(conv(self.mid, 1, 1, 0, 1, '1')(h))
-    h = conv(self.mid, 3, 1, 1, self.mid, '3')(h)
+    h = conv(self.mid, 3, 1, 1, self.mid, '3', cheap_input=True)(h)  # reads ReLU(1x1 + bias)
     return conv(self.features, 1, 1, 0, 1, '4')(h)
 
 
