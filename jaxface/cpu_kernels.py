@@ -264,8 +264,9 @@ def _fma_conv_library_grad(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
 
 
 def _saving_inputs(forward):
-  """A custom_vjp forward rule: `forward`'s output, with only its inputs `(x, kernel)` as residuals."""
-  return lambda x, kernel, stride: (forward(x, kernel, stride), (x, kernel))
+  """A custom_vjp forward rule: `forward`'s output, with only its inputs `(x, kernel)` as residuals
+  (the static arguments after them, such as the stride, go to the backward rule on their own)."""
+  return lambda x, kernel, *static: (forward(x, kernel, *static), (x, kernel))
 
 
 def _fma_bwd(stride, residuals, g):
@@ -355,7 +356,7 @@ _pointwise_cpu.defvjp(_saving_inputs(_pointwise), _pointwise_bwd)
 
 # A stride-1 depthwise conv over this few channels whose input is cheap to recompute runs as `taps`:
 # XLA:CPU's loop over `_row_pitch_depthwise`'s 8-wide rows ran at half the speed (the full-range
-# BlazeFace's 96 x 96 x 8 maps: 282 -> 187 us for 4 images alone, the 64-photo batch 0.87x the time;
+# BlazeFace's 96 x 96 x 8 maps: 282 -> 187 us for 4 images alone, the 64-photo batch 0.92x the time;
 # BENCHMARKS.md, "Narrow depthwise convs"). At 16 and 32 channels the two forms measured the same.
 MAX_DIRECT_TAP_CHANNELS = 8
 
@@ -448,10 +449,6 @@ def depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, size: tup
              for dy in range(3) for dx in range(3))
 
 
-def _dw_fwd(x, kernel, stride, cheap_input):
-  return shifted_depthwise(x, kernel, stride, cheap_input), (x, kernel)
-
-
 def _dw_bwd(stride, cheap_input, residuals, g):
   del cheap_input  # the forward's form only
   x, kernel = residuals
@@ -459,7 +456,7 @@ def _dw_bwd(stride, cheap_input, residuals, g):
   return dx, depthwise_kernel_grad(x, g, stride).astype(kernel.dtype)
 
 
-_depthwise_cpu.defvjp(_dw_fwd, _dw_bwd)
+_depthwise_cpu.defvjp(_saving_inputs(shifted_depthwise), _dw_bwd)
 
 
 def _activate(z: jax.Array, slope) -> jax.Array:
