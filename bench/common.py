@@ -66,11 +66,13 @@ def report(times: dict[str, np.ndarray], baseline: str) -> str:
 
 def machine() -> str:
   import jax
-  from jaxface import huge_pages
+  from jaxface import freed_memory, huge_pages
   malloc = 'malloc huge pages' if huge_pages.TUNABLE in os.environ.get('GLIBC_TUNABLES', '') else 'default malloc'
+  # What a CPU `Detector` does to the whole process (jaxface/freed_memory.py).
+  freed = 'freed memory kept' if freed_memory.wanted(os.environ) else 'freed memory returned'
   return (f'{platform.node()} | {os.cpu_count()} cores | {platform.processor() or platform.machine()} | '
           f'python {platform.python_version()} | jax {jax.__version__} ({jax.default_backend()}) | '
-          f'{malloc} (THP {huge_pages.thp_mode()})')
+          f'{malloc} (THP {huge_pages.thp_mode()}), {freed}')
 
 
 def onnxruntime_forward(model, x, threads: int):

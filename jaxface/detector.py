@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface import families, inference, saved_models
+from jaxface import families, freed_memory, inference, saved_models
 from jaxface.family import Family
 from jaxface.images import as_bgr_uint8
 
@@ -46,6 +46,8 @@ class Detector:
   def __init__(self, family: Family, arch: str, variables: Any, *, bucketed: bool = False, batch_size: int = 8,
                postprocess: inference.PostprocessConfig = inference.PostprocessConfig(),
                cpu_kernels: bool | None = None):
+    if jax.default_backend() == 'cpu':  # XLA:CPU's temporaries stay mapped between calls (jaxface/freed_memory.py)
+      freed_memory.keep_freed_memory()
     self.family = family
     self.arch = arch
     self.spec = family.spec(arch)
