@@ -41,7 +41,7 @@ CHILD = textwrap.dedent('''
 
 
 def run_child(**env_overrides):
-  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', freed_memory.OPT_OUT)}
   env.update(PYTHONPATH=ROOT, **env_overrides)
   out = subprocess.run([sys.executable, '-c', CHILD], env=env, capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
