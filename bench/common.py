@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -64,13 +65,28 @@ def report(times: dict[str, np.ndarray], baseline: str) -> str:
   return '\n'.join(lines)
 
 
+def cpu() -> str:
+  """`lscpu`'s model name and the widest vector extension the CPU lists (both AMD EPYC VMs with and
+  without AVX-512 have been seen, under the same model name), from /proc/cpuinfo on Linux."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      info = f.read()
+  except OSError:
+    return platform.processor() or platform.machine()
+  model = re.search(r'^model name\s*:\s*(.*)$', info, re.M)
+  flags = re.search(r'^flags\s*:\s*(.*)$', info, re.M)
+  flags = set(flags.group(1).split()) if flags else set()
+  isa = 'AVX-512' if 'avx512f' in flags else 'AVX2, no AVX-512' if 'avx2' in flags else 'no AVX2'
+  return f'{model.group(1).strip() if model else platform.machine()} ({isa})'
+
+
 def machine() -> str:
   import jax
   from jaxface import freed_memory, huge_pages
   malloc = 'malloc huge pages' if huge_pages.TUNABLE in os.environ.get('GLIBC_TUNABLES', '') else 'default malloc'
   # What a CPU `Detector` does to the whole process (jaxface/freed_memory.py).
   freed = 'freed memory kept' if freed_memory.wanted(os.environ) else 'freed memory returned'
-  return (f'{platform.node()} | {os.cpu_count()} cores | {platform.processor() or platform.machine()} | '
+  return (f'{platform.node()} | {os.cpu_count()} cores | {cpu()} | '
           f'python {platform.python_version()} | jax {jax.__version__} ({jax.default_backend()}) | '
           f'{malloc} (THP {huge_pages.thp_mode()}), {freed}')
 
