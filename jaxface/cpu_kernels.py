@@ -394,17 +394,19 @@ def channel_sums(values: Sequence[jax.Array]) -> list[jax.Array]:
   """Per-channel sums `[C]` of several same-shape `[..., C]` arrays, in one pass.
 
   XLA:CPU runs separate sums as separate loops over memory; one variadic reduce is one loop
-  that reads each input once. For `[N, H, W, C]` the rows `N*H` are split into up to 32 blocks
-  kept in the output (the loop's parallel axis) and each row's `W*C` values are kept too, so
-  the loop vectorises along contiguous memory; the few partial sums `[blocks, W*C]` are added
-  after. XLA fuses the inputs' producers into this loop: keep them cheap elementwise ops of
-  materialised arrays (BENCHMARKS.md, "Train step").
+  that reads each input once. For `[N, H, W, C]` the rows `N*H` are split into up to 128 blocks
+  of at least 4 rows, kept in the output (the loop's parallel axis), and each row's `W*C` values
+  are kept too, so the loop vectorises along contiguous memory; the partial sums `[blocks, W*C]`
+  are added after. (Short blocks ran faster than up to 32 blocks of 16 rows or more at every
+  depthwise layer of MobileNet-0.25 at 640 px, batch 8: 1.5-2.5x for the 160 to 20 px maps on
+  an AMD EPYC; BENCHMARKS.md.) XLA fuses the inputs' producers into this loop: keep them cheap
+  elementwise ops of materialised arrays (BENCHMARKS.md, "Train step").
   """
   if values[0].ndim != 4:
     return [jnp.sum(v, tuple(range(v.ndim - 1))) for v in values]
   n, h, w, c = values[0].shape
   rows = n * h
-  blocks = max(d for d in range(1, 33) if rows % d == 0 and (rows // d >= 16 or d == 1))
+  blocks = max(d for d in range(1, 129) if rows % d == 0 and (rows // d >= 4 or d == 1))
   parts = tuple(v.reshape(blocks, rows // blocks, w * c) for v in values)
   zeros = tuple(jnp.zeros((), v.dtype) for v in parts)
   sums = jax.lax.reduce(parts, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
@@ -417,8 +419,31 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
   One variadic reduce (`channel_sums`), so XLA:CPU emits a single loop that reads `x` and `g`
   once (nine separate sums each copy a shifted slice first: 2-5x slower, as is the grouped conv's
   filter gradient; bench/bench_depthwise.py).
+
+  At stride 1 the shifts fall on `g` instead (`x` itself times shifted views of `g` padded by
+  one, the sum is the same), read from the padded copy that `depthwise_input_grad` builds: `g`
+  is the BN + activation backward, into which XLA fuses the depthwise forward again, and with
+  `g` read plain this loop computed both a second time. Sharing the copy made RetinaFace-mnet's
+  train step 0.90x the time on an AMD EPYC (BENCHMARKS.md).
   """
-  return jnp.stack(channel_sums([t * g for _, _, t in taps(x, 3, stride)])).reshape(3, 3, 1, g.shape[-1])
+  c = g.shape[-1]
+  if stride != 1:
+    return jnp.stack(channel_sums([t * g for _, _, t in taps(x, 3, stride)])).reshape(3, 3, 1, c)
+  h, w = x.shape[1:3]
+  # sum_q x[q] * g[q + (1 - dy, 1 - dx)] over pixels q, with p[r + 1, s + 1] = g[r, s].
+  p = _dilated_padded(g, 1, (h, w))
+  return jnp.stack(channel_sums([x * p[:, 2 - dy:2 - dy + h, 2 - dx:2 - dx + w]
+                                 for dy in range(3) for dx in range(3)])).reshape(3, 3, 1, c)
+
+
+def _dilated_padded(g: jax.Array, stride: int, size: tuple[int, int]) -> jax.Array:
+  """`g [N, Ho, Wo, C]` dilated by `stride` and zero-padded to `[N, H + 2, W + 2, C]`: output
+  pixel `(i, j)` at `(stride * i + 1, stride * j + 1)`. One expression for both gradients, so
+  that XLA builds one copy."""
+  h, w = size
+  lh, lw = stride * (g.shape[1] - 1) + 1, stride * (g.shape[2] - 1) + 1
+  return jax.lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), (1, h + 1 - lh, stride - 1), (1, w + 1 - lw, stride - 1),
+                                                 (0, 0, 0)])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -441,10 +466,8 @@ def depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, size: tup
   is a separate loop that XLA:CPU does not duplicate, as `taps` relies on for the forward.
   """
   h, w = size
-  lh, lw = stride * (g.shape[1] - 1) + 1, stride * (g.shape[2] - 1) + 1
   # p[:, r + dy, c + dx] = dilated g at (r + dy - 1, c + dx - 1); dx[r, c] sums p's taps times kernel[2 - dy, 2 - dx].
-  p = jax.lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), (1, h + 1 - lh, stride - 1), (1, w + 1 - lw, stride - 1),
-                                               (0, 0, 0)])
+  p = _dilated_padded(g, stride, size)
   return sum(p[:, dy:dy + h, dx:dx + w] * kernel[2 - dy, 2 - dx, 0][None, None, None, :]
              for dy in range(3) for dx in range(3))
 

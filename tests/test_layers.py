@@ -278,9 +278,10 @@ def test_max_pool_matches_the_library_pool(shape):
   assert np.sum(np.asarray(grad(plain)) != 0) == probe.size  # one gradient per window, ties or not
 
 
-@pytest.mark.parametrize('shape', [(2, 3, 5, 4), (4, 17, 9, 6), (64, 7)])
+@pytest.mark.parametrize('shape', [(2, 3, 5, 4), (4, 17, 9, 6), (8, 40, 3, 5), (64, 7)])
 def test_channel_sums_match_sums(shape):
-  """One block of rows, several blocks (68 rows: 4 of 17), and a non-image shape (plain sums)."""
+  """One block of rows, several blocks (68 rows: 17 of 4), the most blocks (320 rows: 80 of 4),
+  and a non-image shape (plain sums)."""
   values = [_normal(shape, 5), _normal(shape, 6) ** 2]
   want = [jnp.sum(v, tuple(range(v.ndim - 1))) for v in values]
   for got, w in zip(jax.jit(kernels.channel_sums)(values), want):
