@@ -384,10 +384,17 @@ def _row_pitch_depthwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   n, h, w, c = x.shape
   pitch = w + 2
-  flat = jnp.pad(x, ((0, 0), (1, 2), (1, 1), (0, 0))).reshape(n, (h + 3) * pitch, c)
+  flat = _pitch_padded(x)
   y = sum(flat[:, dy * pitch + dx:dy * pitch + dx + h * pitch] * kernel[dy, dx, 0][None, None, :]
           for dy in range(3) for dx in range(3))
   return y.reshape(n, h, pitch, c)[:, :, :w]
+
+
+def _pitch_padded(x: jax.Array) -> jax.Array:
+  """`[N, (H + 3) * (W + 2), C]`: `x [N, H, W, C]` zero-padded by one (two at the bottom, so that
+  every tap's slice fits) and flattened to rows of pitch `W + 2`."""
+  n, h, w, c = x.shape
+  return jnp.pad(x, ((0, 0), (1, 2), (1, 1), (0, 0))).reshape(n, (h + 3) * (w + 2), c)
 
 
 def channel_sums(values: Sequence[jax.Array]) -> list[jax.Array]:
@@ -420,30 +427,25 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
   once (nine separate sums each copy a shifted slice first: 2-5x slower, as is the grouped conv's
   filter gradient; bench/bench_depthwise.py).
 
-  At stride 1 the shifts fall on `g` instead (`x` itself times shifted views of `g` padded by
-  one, the sum is the same), read from the padded copy that `depthwise_input_grad` builds: `g`
-  is the BN + activation backward, into which XLA fuses the depthwise forward again, and with
-  `g` read plain this loop computed both a second time. Sharing the copy made RetinaFace-mnet's
-  train step 0.90x the time on an AMD EPYC (BENCHMARKS.md).
+  At stride 1 the shifts fall on `g` instead (`x` times shifted views of `g` padded by one; the
+  sum is the same), read in the row-pitch layout from the padded copy that the input gradient
+  builds (`_pitch_padded`). `g` is the BN + activation backward, into which XLA fuses the
+  depthwise forward again; read plain, or through a slice that XLA resolves to `g` itself (the
+  centre tap of a 2-D padded copy), this loop computed both a second time (BENCHMARKS.md,
+  "Depthwise kernel gradients").
   """
   c = g.shape[-1]
   if stride != 1:
     return jnp.stack(channel_sums([t * g for _, _, t in taps(x, 3, stride)])).reshape(3, 3, 1, c)
-  h, w = x.shape[1:3]
-  # sum_q x[q] * g[q + (1 - dy, 1 - dx)] over pixels q, with p[r + 1, s + 1] = g[r, s].
-  p = _dilated_padded(g, 1, (h, w))
-  return jnp.stack(channel_sums([x * p[:, 2 - dy:2 - dy + h, 2 - dx:2 - dx + w]
-                                 for dy in range(3) for dx in range(3)])).reshape(3, 3, 1, c)
-
-
-def _dilated_padded(g: jax.Array, stride: int, size: tuple[int, int]) -> jax.Array:
-  """`g [N, Ho, Wo, C]` dilated by `stride` and zero-padded to `[N, H + 2, W + 2, C]`: output
-  pixel `(i, j)` at `(stride * i + 1, stride * j + 1)`. One expression for both gradients, so
-  that XLA builds one copy."""
-  h, w = size
-  lh, lw = stride * (g.shape[1] - 1) + 1, stride * (g.shape[2] - 1) + 1
-  return jax.lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), (1, h + 1 - lh, stride - 1), (1, w + 1 - lw, stride - 1),
-                                                 (0, 0, 0)])
+  n, h, w, _ = x.shape
+  pitch = w + 2
+  # sum over pixels q of x[q] * g[q + (1 - dy, 1 - dx)]: in the flat layout g's padded copy at
+  # offset (2 - dy) * pitch + (2 - dx), against x with two zero columns per row (no wrapped terms).
+  flat = _pitch_padded(g)
+  xp = jnp.pad(x, ((0, 0), (0, 0), (0, 2), (0, 0))).reshape(n, h * pitch, c)
+  prods = [(xp * flat[:, (2 - dy) * pitch + 2 - dx:(2 - dy) * pitch + 2 - dx + h * pitch]).reshape(n, h, pitch, c)
+           for dy in range(3) for dx in range(3)]
+  return jnp.stack(channel_sums(prods)).reshape(3, 3, 1, c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -463,11 +465,17 @@ def depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, size: tup
   Autodiff's transpose sums nine zero-filled shifts of `g`, and XLA:CPU fuses `g`'s producer (the
   BN + activation backward) into each of them: nine evaluations per element (56 ms for the first
   depthwise layer's in the step's profile, where a loop of that size takes ~10 ms). A padded copy
-  is a separate loop that XLA:CPU does not duplicate, as `taps` relies on for the forward.
+  is a separate loop that XLA:CPU does not duplicate, as `taps` relies on for the forward. At
+  stride 1 this is the row-pitch depthwise conv of `g` with the flipped kernel, whose padded
+  copy `depthwise_kernel_grad` reads too.
   """
+  if stride == 1:
+    return _row_pitch_depthwise(g, kernel[::-1, ::-1])
   h, w = size
+  lh, lw = stride * (g.shape[1] - 1) + 1, stride * (g.shape[2] - 1) + 1
   # p[:, r + dy, c + dx] = dilated g at (r + dy - 1, c + dx - 1); dx[r, c] sums p's taps times kernel[2 - dy, 2 - dx].
-  p = _dilated_padded(g, stride, size)
+  p = jax.lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), (1, h + 1 - lh, stride - 1), (1, w + 1 - lw, stride - 1),
+                                               (0, 0, 0)])
   return sum(p[:, dy:dy + h, dx:dx + w] * kernel[2 - dy, 2 - dx, 0][None, None, None, :]
              for dy in range(3) for dx in range(3))
 
