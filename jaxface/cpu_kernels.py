@@ -432,7 +432,7 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
   builds (`_pitch_padded`). `g` is the BN + activation backward, into which XLA fuses the
   depthwise forward again; read plain, or through a slice that XLA resolves to `g` itself (the
   centre tap of a 2-D padded copy), this loop computed both a second time (BENCHMARKS.md,
-  "Depthwise kernel gradients").
+  "Depthwise gradients"; tests/test_fusion.py).
   """
   c = g.shape[-1]
   if stride != 1:

@@ -280,7 +280,7 @@ def test_max_pool_matches_the_library_pool(shape):
 
 @pytest.mark.parametrize('shape', [(2, 3, 5, 4), (4, 17, 9, 6), (8, 40, 3, 5), (64, 7)])
 def test_channel_sums_match_sums(shape):
-  """One block of rows, several blocks (68 rows: 17 of 4), the most blocks (320 rows: 80 of 4),
+  """One block of rows, several blocks (68 rows: 17 of 4), many blocks (320 rows: 80 of 4),
   and a non-image shape (plain sums)."""
   values = [_normal(shape, 5), _normal(shape, 6) ** 2]
   want = [jnp.sum(v, tuple(range(v.ndim - 1))) for v in values]
