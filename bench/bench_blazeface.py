@@ -1,6 +1,6 @@
 """BlazeFace: jaxface against LiteRT (XNNPACK) on MediaPipe's own .tflite files, and hollance's eager torch model.
 
-    python bench/bench_blazeface.py [--repeats 30] [--threads 2] [--batch 64]
+    python bench/bench_blazeface.py [--repeats 30] [--threads 2] [--batch 64] [--models face_detection_full_range]
 
 Per model (face_detection_short_range.tflite at 128 px, face_detection_full_range.tflite at 192 px), side by
 side in one process:
@@ -17,7 +17,9 @@ side in one process:
 Batch-1 latency on a photo already at the network's size, then `--batch` photos: jaxface's `detect_batch` (one
 compiled program per batch) against LiteRT's per-image loop and torch's batched forward, as images per second.
 Each timed call follows `--lead-in` untimed calls of the same contender, and more until `--lead-in-ms`
-have passed (see `common.interleaved`).
+have passed (see `common.interleaved`). `--models` picks the files (default both, short range first): this VM
+slows down after ~15-20 s of two-thread load (BENCHMARKS.md, "Freed memory"), so the second model of a run is
+often measured in such a spell.
 """
 from __future__ import annotations
 
@@ -83,6 +85,7 @@ def main():
   p.add_argument('--threads', type=int, default=2, help='LiteRT / torch threads')
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--lead-in', type=int, default=2)
+  p.add_argument('--models', nargs='+', choices=list(FILES), default=list(FILES))
   p.add_argument('--lead-in-ms', type=float, default=60.0,
                  help='and untimed calls until this long has passed (ONNX Runtime\'s workers spin for 20-40 ms)')
   args = p.parse_args()
@@ -92,7 +95,8 @@ def main():
   print(common.machine())
   print(f'ai-edge-litert {getattr(ai_edge_litert, "__version__", "?")} (XNNPACK, {args.threads} threads), '
         f'torch {torch.__version__} ({args.threads} threads)')
-  for name, (size, options) in FILES.items():
+  for name in args.models:
+    size, options = FILES[name]
     path = str(shared / 'data' / 'weights' / 'mediapipe' / f'{name}.tflite')
     det = load_detector(path, batch_size=args.batch)
     lite = LiteRT(path, args.threads, anchors.anchor_table(options)[0], size)
