@@ -383,11 +383,8 @@ def _row_pitch_depthwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
   BENCHMARKS.md). Here no tap is `x`.
   """
   n, h, w, c = x.shape
-  pitch = w + 2
-  flat = _pitch_padded(x)
-  y = sum(flat[:, dy * pitch + dx:dy * pitch + dx + h * pitch] * kernel[dy, dx, 0][None, None, :]
-          for dy in range(3) for dx in range(3))
-  return y.reshape(n, h, pitch, c)[:, :, :w]
+  y = sum(t * kernel[dy, dx, 0][None, None, :] for dy, dx, t in _pitch_taps(_pitch_padded(x), h, w + 2))
+  return y.reshape(n, h, w + 2, c)[:, :, :w]
 
 
 def _pitch_padded(x: jax.Array) -> jax.Array:
@@ -395,6 +392,14 @@ def _pitch_padded(x: jax.Array) -> jax.Array:
   every tap's slice fits) and flattened to rows of pitch `W + 2`."""
   n, h, w, c = x.shape
   return jnp.pad(x, ((0, 0), (1, 2), (1, 1), (0, 0))).reshape(n, (h + 3) * (w + 2), c)
+
+
+def _pitch_taps(flat: jax.Array, h: int, pitch: int):
+  """The nine taps `(dy, dx, [N, H * pitch, C])` of a `_pitch_padded` map, in row-major order: tap
+  `(dy, dx)` is the 1-D slice at `dy * pitch + dx`."""
+  for dy in range(3):
+    for dx in range(3):
+      yield dy, dx, flat[:, dy * pitch + dx:dy * pitch + dx + h * pitch]
 
 
 def channel_sums(values: Sequence[jax.Array]) -> list[jax.Array]:
@@ -438,14 +443,11 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, stride: int) -> jax.Array:
   if stride != 1:
     return jnp.stack(channel_sums([t * g for _, _, t in taps(x, 3, stride)])).reshape(3, 3, 1, c)
   n, h, w, _ = x.shape
-  pitch = w + 2
-  # sum over pixels q of x[q] * g[q + (1 - dy, 1 - dx)]: in the flat layout g's padded copy at
-  # offset (2 - dy) * pitch + (2 - dx), against x with two zero columns per row (no wrapped terms).
-  flat = _pitch_padded(g)
-  xp = jnp.pad(x, ((0, 0), (0, 0), (0, 2), (0, 0))).reshape(n, h * pitch, c)
-  prods = [(xp * flat[:, (2 - dy) * pitch + 2 - dx:(2 - dy) * pitch + 2 - dx + h * pitch]).reshape(n, h, pitch, c)
-           for dy in range(3) for dx in range(3)]
-  return jnp.stack(channel_sums(prods)).reshape(3, 3, 1, c)
+  # sum over pixels q of x[q] * g[q + (1 - dy, 1 - dx)]: tap (2 - dy, 2 - dx) of g's padded copy,
+  # against x with two zero columns per row (no wrapped terms). Reversed, the taps run in that order.
+  xp = jnp.pad(x, ((0, 0), (0, 0), (0, 2), (0, 0))).reshape(n, h * (w + 2), c)
+  taps_of_g = list(_pitch_taps(_pitch_padded(g), h, w + 2))[::-1]
+  return jnp.stack(channel_sums([(xp * t).reshape(n, h, w + 2, c) for _, _, t in taps_of_g])).reshape(3, 3, 1, c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

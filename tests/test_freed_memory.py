@@ -68,12 +68,18 @@ def test_only_where_wanted():
 
 
 @glibc_only
-def test_a_cpu_detector_keeps_freed_memory():
+def test_a_cpu_detector_keeps_freed_memory(monkeypatch):
+  """`Detector` asks for the settings on XLA:CPU (a spy: an earlier test's detector may have set them
+  for the whole process already), and they are then in force."""
   import jax
   if jax.default_backend() != 'cpu':
     pytest.skip('the settings are for XLA:CPU')
   if not freed_memory.wanted(os.environ):
     pytest.skip('this environment opts out (JAXFACE_KEEP_FREED_MEMORY=0 or a GLIBC_TUNABLES setting of its own)')
   from jaxface import load_detector
+  calls = []
+  keep = freed_memory.keep_freed_memory
+  monkeypatch.setattr(freed_memory, 'keep_freed_memory', lambda: calls.append(1) or keep())
   load_detector()
+  assert calls, 'Detector did not ask to keep freed memory'
   assert freed_memory._kept
